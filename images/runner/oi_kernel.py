@@ -1,0 +1,274 @@
+"""oi's Python kernel: a long-lived interpreter that runs blocks like notebook cells.
+
+Started by the runner with two pipes: it reads one JSON request per line from the
+command pipe and reports on the control pipe ("ready", "image", "done"). User code's
+stdout and stderr are this process's own, which the runner reads; stdin is /dev/null.
+
+Semantics: state persists across blocks; the value of a trailing expression is shown as
+a REPL would; errors print a traceback. IPython syntax (`!cmd`, `%magic`, `x = !cmd`,
+`obj?`) is accepted when IPython is installed: its shell is loaded on the first block
+that needs it (loading costs ~0.3 s, which plain blocks never pay), and from then on
+runs every block so that the two never disagree.
+"""
+
+import ast
+import base64
+import builtins
+import io
+import json
+import linecache
+import os
+import re
+import signal
+import sys
+import traceback
+import types
+
+_ctl = None
+_running = False
+_cell = 0
+_shell = None  # IPython's InteractiveShell, once a block needed it
+
+_IPYTHON_SYNTAX = re.compile(
+    r"^\s*(?:[!%]|\w[\w\s,]*=\s*[!%])|^\s*[\w.]+\?{1,2}\s*$|\bget_ipython\(\)|^\s*display\(",
+    re.MULTILINE,
+)
+
+
+def _report(msg):
+    _flush_std()
+    _ctl.write(json.dumps(msg).encode() + b"\n")
+    _ctl.flush()
+
+
+def _flush_std():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+
+def emit_png(data):
+    """Sends PNG bytes to the host as an image event."""
+    _report({"t": "image", "format": "png", "data": base64.b64encode(data).decode()})
+
+
+def emit_figures():
+    """Sends every open matplotlib figure as a PNG and closes it."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is None:
+        return
+    for num in plt.get_fignums():
+        fig = plt.figure(num)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", bbox_inches="tight")
+        emit_png(buf.getvalue())
+    plt.close("all")
+
+
+def display(*objs):
+    """Shows objects as a notebook would: images as image events, the rest as text."""
+    for obj in objs:
+        if _shell is not None:
+            from IPython.display import display as ipy_display
+
+            ipy_display(obj)
+            continue
+        png = _png_of(obj)
+        if png is not None:
+            emit_png(png)
+        else:
+            print(repr(obj))
+
+
+def _png_of(obj):
+    if type(obj).__name__ == "Figure" and hasattr(obj, "savefig"):
+        buf = io.BytesIO()
+        obj.savefig(buf, format="png", bbox_inches="tight")
+        return buf.getvalue()
+    method = getattr(obj, "_repr_png_", None)
+    if callable(method) and not isinstance(obj, type):
+        try:
+            data = method()
+        except Exception:
+            return None
+        if isinstance(data, bytes):
+            return data
+    return None
+
+
+def _show_value(value):
+    if value is None:
+        return
+    builtins._ = value
+    png = _png_of(value)
+    if png is not None:
+        emit_png(png)
+    else:
+        print(repr(value))
+
+
+def _closed_input(prompt=""):
+    raise EOFError(
+        "input() is not available: code in the oi sandbox has no terminal and stdin is closed; "
+        "put the data in the code or in a file instead"
+    )
+
+
+def _print_exception(exc, skip_frames):
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is not None:
+            tb = tb.tb_next
+    traceback.print_exception(type(exc), exc, tb)
+
+
+def _run_plain(code, ns):
+    """Runs one cell with plain Python semantics; returns its status."""
+    global _cell
+    _cell += 1
+    filename = "<cell %d>" % _cell
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    try:
+        tree = ast.parse(code, filename, "exec")
+    except SyntaxError as exc:
+        traceback.print_exception(type(exc), exc, None)
+        return "error"
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body.pop().value)
+    try:
+        exec(compile(tree, filename, "exec"), ns)
+        if last is not None:
+            _show_value(eval(compile(last, filename, "eval"), ns))
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt: interrupted", file=sys.stderr)
+        return "interrupted"
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            print("SystemExit: %s" % (exc.code,), file=sys.stderr)
+            return "error"
+        return "ok"
+    except BaseException as exc:
+        _print_exception(exc, 1)
+        return "error"
+    return "ok"
+
+
+def _load_ipython(ns):
+    global _shell
+    from IPython.core.displaypub import DisplayPublisher
+    from IPython.core.interactiveshell import InteractiveShell
+
+    class Publisher(DisplayPublisher):
+        def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs):
+            if "image/png" in data:
+                png = data["image/png"]
+                emit_png(base64.b64decode(png) if isinstance(png, str) else png)
+            elif "text/plain" in data:
+                print(data["text/plain"])
+
+    shell = InteractiveShell.instance(user_ns=ns, colors="NoColor", display_pub_class=Publisher)
+    shell.displayhook.write_output_prompt = lambda: None  # values print bare, as in plain mode
+
+    def show_traceback(etype, evalue, stb):
+        print(shell.InteractiveTB.stb2text(stb), file=sys.stderr)
+
+    shell._showtraceback = show_traceback
+    builtins.input = _closed_input
+    _shell = shell
+
+
+def _run_ipython(code):
+    try:
+        result = _shell.run_cell(code, store_history=True)
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt: interrupted", file=sys.stderr)
+        return "interrupted"
+    err = result.error_in_exec or result.error_before_exec
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted"
+    return "ok" if err is None else "error"
+
+
+def _restore_std(saved):
+    """Puts back stdout/stderr if a block closed them, so the next block still prints."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.dup2(saved[fd], fd)
+        stream = getattr(sys, name)
+        if stream is None or getattr(stream, "closed", True) or getattr(stream, "fileno", None) is None:
+            raw = io.open(fd, "wb", buffering=0, closefd=False)
+            setattr(sys, name, io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace", write_through=True))
+
+
+def _on_sigint(signum, frame):
+    # Only user code is interruptible; an interrupt arriving between blocks is dropped.
+    if _running:
+        raise KeyboardInterrupt
+
+
+def _reap_children():
+    """After an interrupt, collect the exited children the block left (a fork bomb
+    leaves hundreds): unreaped they would hold the sandbox's process limit."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def main(cmd_fd, ctl_fd):
+    global _ctl, _running
+    os.set_inheritable(cmd_fd, False)
+    os.set_inheritable(ctl_fd, False)
+    commands = os.fdopen(cmd_fd, "rb")
+    _ctl = os.fdopen(ctl_fd, "wb")
+    signal.signal(signal.SIGINT, _on_sigint)
+
+    main_mod = types.ModuleType("__main__")
+    main_mod.__builtins__ = builtins
+    sys.modules["__main__"] = main_mod
+    ns = main_mod.__dict__
+    ns["display"] = display
+    builtins.input = _closed_input
+    sys.stdin = open(os.devnull)
+    if sys.path and sys.path[0] != "":
+        sys.path.insert(0, "")
+
+    # Copies of the output pipes, so that a block closing fd 1 or 2 cannot end the stream.
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    _report({"t": "ready"})
+    while True:
+        line = commands.readline()
+        if not line:
+            return
+        request = json.loads(line)
+        code = request["code"]
+        status = "error"
+        try:
+            _running = True
+            if _shell is None and _IPYTHON_SYNTAX.search(code):
+                try:
+                    _load_ipython(ns)
+                except ImportError:
+                    pass
+            status = _run_ipython(code) if _shell is not None else _run_plain(code, ns)
+            _running = False
+            try:
+                emit_figures()
+            except Exception as exc:
+                print("could not render the open figures: %r" % (exc,), file=sys.stderr)
+        except KeyboardInterrupt:
+            status = "interrupted"
+        finally:
+            _running = False
+        if status == "interrupted":
+            _reap_children()
+        _restore_std(saved)
+        _report({"t": "done", "status": status})
