@@ -49,6 +49,11 @@ def _flush_std():
             pass
 
 
+def is_kernel():
+    """Whether this process is oi's kernel (and not a script it started)."""
+    return _ctl is not None
+
+
 def emit_png(data):
     """Sends PNG bytes to the host as an image event."""
     _report({"t": "image", "format": "png", "data": base64.b64encode(data).decode()})

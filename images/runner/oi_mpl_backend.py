@@ -11,4 +11,7 @@ class _BackendOI(_BackendAgg):
     def show(*args, **kwargs):
         import oi_kernel
 
-        oi_kernel.emit_figures()
+        # Outside oi's kernel (a script the block started) there is nowhere to send
+        # figures: behave like Agg, whose show() does nothing.
+        if oi_kernel.is_kernel():
+            oi_kernel.emit_figures()

@@ -278,7 +278,10 @@ class PythonKernel(Kernel):
             pass_fds=(cmd_r, ctl_w),
             extra_env={
                 "PYTHONUNBUFFERED": "1",
-                "MPLBACKEND": os.environ.get("MPLBACKEND", "module://oi_mpl_backend"),
+                # Figures become image events; processes the block starts find the
+                # backend too (through PYTHONPATH) and render off-screen as with Agg.
+                "MPLBACKEND": "module://oi_mpl_backend",
+                "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), HERE) if p),
             },
         )
         os.close(cmd_r)

@@ -1,0 +1,31 @@
+//! The code interpreter: runs the blocks a model writes, in a long-lived, hardened,
+//! per-session Docker container by default.
+//!
+//! Flow: [`Engine`] (Docker client + [`SandboxConfig`]) opens a [`Session`] — a
+//! container whose main process is the runner from `images/runner/`, spoken to over
+//! the container's attached stdin/stdout ([`protocol`]). [`Session::execute`] sends a
+//! block and returns an [`Execution`]: a stream of [`ExecEvent`]s that ends with
+//! exactly one `Done`. The image is built from the recipe compiled into the binary
+//! ([`image`]).
+//!
+//! Left to others: rendering and prompting (front ends), deciding what to run (the
+//! conversation loop).
+
+mod connection;
+pub mod docker;
+mod error;
+mod execution;
+mod host;
+pub mod image;
+mod language;
+pub mod protocol;
+mod session;
+mod settings;
+
+pub use docker::SandboxInfo;
+pub use error::{Result, SandboxError};
+pub use execution::{CollectedOutput, ExecEvent, ExecOutcome, ExecRequest, ExecStatus, Execution};
+pub use image::BuildProgress;
+pub use language::{Language, LanguageKind, Languages};
+pub use session::{Engine, Session};
+pub use settings::{bytes, Backend, Hardening, Owner, SandboxConfig, Setting};

@@ -1,0 +1,381 @@
+//! A sandbox session: one runner (in its own container, or on the host with
+//! `--unsafe`) that keeps interpreter state between blocks, from `open` to `close`.
+//!
+//! [`Engine`] holds what sessions share (the Docker client and the configuration);
+//! [`Session`] runs blocks. If a session's container dies, the next block starts a new
+//! one and says, as a notice, that the state was lost.
+
+use std::time::Duration;
+
+use bollard::Docker;
+use tokio::process::Child;
+use tokio_util::sync::CancellationToken;
+
+use super::connection::{Escalation, RunnerConnection, Transport};
+use super::docker::{self, SandboxInfo};
+use super::error::{Result, SandboxError};
+use super::execution::{ExecEvent, ExecRequest, Execution};
+use super::host;
+use super::image::{self, BuildProgress};
+use super::settings::{Backend, Hardening, SandboxConfig};
+
+/// What sessions share: the configuration and, for the Docker backend, the client.
+///
+/// # Examples
+///
+/// ```no_run
+/// use oi::core::code_interpreter::{Engine, ExecRequest, SandboxConfig};
+/// use tokio_util::sync::CancellationToken;
+///
+/// # async fn run() -> Result<(), oi::core::code_interpreter::SandboxError> {
+/// let engine = Engine::connect(SandboxConfig::default()).await?;
+/// engine.ensure_image(false, &mut |_progress| {}).await?;
+/// let mut session = engine.open().await?;
+/// let cancel = CancellationToken::new();
+/// session.execute(ExecRequest::new("python", "x = 41"), &cancel).await?.collect_output().await;
+/// let out = session.execute(ExecRequest::new("python", "print(x + 1)"), &cancel).await?.collect_output().await;
+/// assert_eq!(out.stdout, "42\n");
+/// session.close().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    config: SandboxConfig,
+    docker: Option<Docker>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Connects to Docker (unless the backend is the host) and checks that it answers.
+    pub async fn connect(config: SandboxConfig) -> Result<Engine> {
+        let docker = match config.backend {
+            Backend::Docker => Some(docker::connect(config.docker_host.as_deref()).await?),
+            Backend::Host => None,
+        };
+        Ok(Engine { config, docker })
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// The Docker client, for the Docker backend.
+    pub fn docker(&self) -> Option<&Docker> {
+        self.docker.as_ref()
+    }
+
+    fn docker_or_err(&self) -> Result<&Docker> {
+        self.docker
+            .as_ref()
+            .ok_or_else(|| SandboxError::StartFailed {
+                reason: "this engine runs code on the host, not in Docker".into(),
+                diagnostics: String::new(),
+            })
+    }
+
+    /// Makes sure the session image exists, building oi's own image when it is
+    /// missing (or always, with `force`); fixes the engine's image to it.
+    /// A configured image other than oi's own is only checked for.
+    pub async fn ensure_image(
+        &mut self,
+        force: bool,
+        progress: &mut (dyn FnMut(BuildProgress) + Send),
+    ) -> Result<String> {
+        let docker = self.docker_or_err()?.clone();
+        if let Some(tag) = &self.config.image {
+            if !tag.starts_with(image::IMAGE_REPOSITORY) || !force {
+                if image::exists(&docker, tag).await? {
+                    return Ok(tag.clone());
+                }
+                if !tag.starts_with(image::IMAGE_REPOSITORY) {
+                    return Err(SandboxError::ImageMissing { tag: tag.clone() });
+                }
+            }
+        }
+        let tag =
+            image::ensure(&docker, self.config.base_image.as_deref(), force, progress).await?;
+        self.config.image = Some(tag.clone());
+        Ok(tag)
+    }
+
+    /// The image sessions start from.
+    pub async fn image(&self) -> Result<String> {
+        match &self.config.image {
+            Some(tag) => Ok(tag.clone()),
+            None => {
+                let docker = self.docker_or_err()?;
+                let base = image::resolve_base(docker, self.config.base_image.as_deref()).await;
+                Ok(image::image_tag(&base))
+            }
+        }
+    }
+
+    /// Opens a new session: a fresh container (or host runner) ready to run blocks.
+    pub async fn open(&self) -> Result<Session> {
+        let id = docker::new_session_id();
+        let image = match self.config.backend {
+            Backend::Docker => Some(self.image().await?),
+            Backend::Host => None,
+        };
+        let (runtime, conn) = self.start_runtime(&id, image.as_deref()).await?;
+        Ok(Session {
+            id,
+            engine: self.clone(),
+            image,
+            runtime: Some(runtime),
+            conn: Some(conn),
+        })
+    }
+
+    async fn start_runtime(
+        &self,
+        id: &str,
+        image: Option<&str>,
+    ) -> Result<(Runtime, RunnerConnection)> {
+        match (&self.docker, image) {
+            (Some(docker), Some(image)) => {
+                let (container, transport) =
+                    docker::start_container(docker, image, id, &self.config.hardening).await?;
+                match self.handshake(transport).await {
+                    Ok(conn) => Ok((Runtime::Container(container), conn)),
+                    Err(err) => {
+                        let err = match (err, docker::exit_reason(docker, &container).await) {
+                            (
+                                SandboxError::StartFailed {
+                                    reason,
+                                    diagnostics,
+                                },
+                                Some(why),
+                            ) => SandboxError::StartFailed {
+                                reason: format!("{reason} ({why})"),
+                                diagnostics,
+                            },
+                            (err, _) => err,
+                        };
+                        let _ = docker::remove(docker, &container).await;
+                        Err(err)
+                    }
+                }
+            }
+            _ => {
+                let (child, transport) = host::start_runner(&self.config).await?;
+                let conn = self.handshake(transport).await?;
+                Ok((Runtime::Host(child), conn))
+            }
+        }
+    }
+
+    async fn handshake(&self, transport: Transport) -> Result<RunnerConnection> {
+        RunnerConnection::open(transport, self.config.start_timeout).await
+    }
+
+    /// oi's containers on this Docker daemon.
+    pub async fn list(&self) -> Result<Vec<SandboxInfo>> {
+        docker::list(self.docker_or_err()?).await
+    }
+
+    /// Removes containers left behind by oi processes that are gone.
+    pub async fn sweep(&self) -> Result<Vec<SandboxInfo>> {
+        docker::sweep(self.docker_or_err()?).await
+    }
+
+    /// Removes one container (by id, id prefix or name).
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        docker::remove(self.docker_or_err()?, id).await
+    }
+}
+
+enum Runtime {
+    Container(String),
+    Host(Child),
+}
+
+/// One sandbox session. Close it with [`Session::close`]; a session that is only
+/// dropped is removed in the background (or stops by itself when oi exits).
+pub struct Session {
+    id: String,
+    engine: Engine,
+    image: Option<String>,
+    runtime: Option<Runtime>,
+    conn: Option<RunnerConnection>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("container", &self.container_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The container's id, for the Docker backend.
+    pub fn container_id(&self) -> Option<&str> {
+        match &self.runtime {
+            Some(Runtime::Container(id)) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The image the session runs, for the Docker backend.
+    pub fn image(&self) -> Option<&str> {
+        self.image.as_deref()
+    }
+
+    /// Whether code runs in a sandbox (false for `--unsafe`).
+    pub fn is_sandboxed(&self) -> bool {
+        self.engine.config.backend == Backend::Docker
+    }
+
+    /// The isolation in force (meaningful for the Docker backend).
+    pub fn hardening(&self) -> &Hardening {
+        &self.engine.config.hardening
+    }
+
+    /// Runs a block. The returned [`Execution`] streams its events and ends with
+    /// exactly one `Done`. Blocks of one session run one after another.
+    /// `cancel` interrupts the block (its state is kept; a block that does not stop
+    /// within the grace period has its interpreter killed).
+    pub async fn execute(
+        &mut self,
+        request: ExecRequest,
+        cancel: &CancellationToken,
+    ) -> Result<Execution> {
+        let language = self
+            .engine
+            .config
+            .languages
+            .resolve(&request.language)?
+            .clone();
+        let mut preface = Vec::new();
+        if !self.conn.as_ref().ok_or(SandboxError::Closed)?.is_alive() {
+            preface.push(ExecEvent::Notice {
+                message: self.restart().await?,
+            });
+        }
+        let conn = self.conn.as_ref().ok_or(SandboxError::Closed)?;
+        let escalation = Escalation {
+            interrupt_grace: self.engine.config.interrupt_grace,
+        };
+        let timeout = request.timeout.or(self.engine.config.default_timeout);
+        match conn
+            .execute(
+                &language,
+                &request.code,
+                timeout,
+                cancel,
+                escalation,
+                preface.clone(),
+            )
+            .await
+        {
+            // The runner died between the liveness check and the request: start over once.
+            Err(SandboxError::Closed | SandboxError::Io { .. }) => {
+                let mut preface = preface;
+                preface.push(ExecEvent::Notice {
+                    message: self.restart().await?,
+                });
+                let conn = self.conn.as_ref().ok_or(SandboxError::Closed)?;
+                conn.execute(
+                    &language,
+                    &request.code,
+                    timeout,
+                    cancel,
+                    escalation,
+                    preface,
+                )
+                .await
+            }
+            other => other,
+        }
+    }
+
+    /// Replaces a dead runtime with a new one; returns what to tell the user.
+    async fn restart(&mut self) -> Result<String> {
+        let why = match (self.runtime.take(), &self.engine.docker) {
+            (Some(Runtime::Container(old)), Some(docker)) => {
+                let why = docker::exit_reason(docker, &old).await;
+                docker::remove(docker, &old).await?;
+                why.unwrap_or_else(|| "the sandbox container stopped".into())
+            }
+            (Some(Runtime::Host(mut child)), _) => {
+                let _ = child.kill().await;
+                "the runner process stopped".into()
+            }
+            _ => "the sandbox stopped".into(),
+        };
+        self.conn = None;
+        let (runtime, conn) = self
+            .engine
+            .start_runtime(&self.id, self.image.as_deref())
+            .await?;
+        self.runtime = Some(runtime);
+        self.conn = Some(conn);
+        Ok(format!(
+            "{why}; started a new sandbox: all state (variables, imports, files outside a mounted workspace) was lost"
+        ))
+    }
+
+    /// Round trip to the runner without running code.
+    pub async fn ping(&self) -> Result<()> {
+        self.conn.as_ref().ok_or(SandboxError::Closed)?.ping().await
+    }
+
+    /// Stops the runner and removes the container.
+    pub async fn close(mut self) -> Result<()> {
+        self.shutdown().await
+    }
+
+    async fn shutdown(&mut self) -> Result<()> {
+        let conn = self.conn.take();
+        match self.runtime.take() {
+            Some(Runtime::Container(id)) => {
+                drop(conn);
+                if let Some(docker) = &self.engine.docker {
+                    docker::remove(docker, &id).await?;
+                }
+            }
+            Some(Runtime::Host(mut child)) => {
+                if let Some(conn) = &conn {
+                    conn.shutdown().await;
+                }
+                if tokio::time::timeout(Duration::from_secs(2), child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let Some(Runtime::Container(id)) = self.runtime.take() else {
+            return;
+        };
+        let Some(docker) = self.engine.docker.clone() else {
+            return;
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = docker::remove(&docker, &id).await;
+            });
+        }
+    }
+}

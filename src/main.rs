@@ -1,0 +1,43 @@
+//! The `oi` command: parses flags with clap and hands each subcommand to its front end.
+//! Errors end here: printed once with their causes, mapped to documented exit codes.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use oi::terminal_interface::cli::{Cli, Command};
+use oi::terminal_interface::{exec, image_cmd, sandbox_cmd, Failure};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("oi: cannot start the async runtime: {err}");
+            return ExitCode::from(Failure::EXIT_SANDBOX);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Exec(args) => exec::run(args).await,
+            Command::Image(args) => image_cmd::run(args).await,
+            Command::Sandbox(args) => sandbox_cmd::run(args).await,
+        }
+    });
+    // Containers are removed by the commands themselves; do not wait for stray tasks.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            if failure.is_broken_pipe() {
+                return ExitCode::SUCCESS;
+            }
+            let _ = std::io::stdout().flush();
+            eprintln!("oi: {:#}", failure.error);
+            ExitCode::from(failure.code)
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! `oi sandbox`: list and remove oi's containers, and show effective settings.
+
+use std::io::Write;
+
+use super::cli::SandboxCommand;
+use super::image_cmd::{age, now};
+use super::setup;
+use super::Failure;
+use crate::core::code_interpreter::{Backend, Engine, SandboxConfig};
+
+pub async fn run(command: SandboxCommand) -> Result<u8, Failure> {
+    match command {
+        SandboxCommand::Settings { sandbox } => {
+            let config = setup::config_from(&sandbox).map_err(Failure::usage)?;
+            let mut out = std::io::stdout().lock();
+            if config.backend == Backend::Host {
+                writeln!(
+                    out,
+                    "sandbox: NONE (--unsafe): code runs on this machine with your permissions"
+                )?;
+                return Ok(0);
+            }
+            for setting in config.hardening.describe() {
+                let mark = if setting.safe_default {
+                    ""
+                } else {
+                    "  (loosened)"
+                };
+                writeln!(out, "{:<18} {}{mark}", setting.name, setting.value)?;
+            }
+            Ok(0)
+        }
+        SandboxCommand::Ls { json } => {
+            let engine = connect().await?;
+            let list = engine.list().await?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                )?;
+                return Ok(0);
+            }
+            writeln!(
+                out,
+                "{:<14} {:<16} {:<9} {:>6}  {:<10} IMAGE",
+                "CONTAINER", "SESSION", "STATE", "AGE", "OWNER"
+            )?;
+            let now = now();
+            for c in list {
+                let owner = if c.owner_alive { "running" } else { "gone" };
+                writeln!(
+                    out,
+                    "{:<14} {:<16} {:<9} {:>6}  {:<10} {}",
+                    c.id.get(..12).unwrap_or(&c.id),
+                    c.session,
+                    c.state,
+                    age(now - c.created),
+                    owner,
+                    c.image
+                )?;
+            }
+            Ok(0)
+        }
+        SandboxCommand::Rm { ids } => {
+            let engine = connect().await?;
+            let known = engine.list().await?;
+            let mut failed = 0;
+            for id in ids {
+                let matches: Vec<_> = known
+                    .iter()
+                    .filter(|c| c.id.starts_with(&id) || c.name == id || c.session == id)
+                    .collect();
+                match matches.as_slice() {
+                    [one] => {
+                        engine.remove(&one.id).await?;
+                        println!("{}", one.name);
+                    }
+                    [] => {
+                        eprintln!("oi: no oi container matches `{id}` (see `oi sandbox ls`)");
+                        failed += 1;
+                    }
+                    _ => {
+                        eprintln!("oi: `{id}` matches several containers; give more of the id");
+                        failed += 1;
+                    }
+                }
+            }
+            Ok(if failed > 0 { 1 } else { 0 })
+        }
+        SandboxCommand::Prune { all } => {
+            let engine = connect().await?;
+            let removed = if all {
+                let list = engine.list().await?;
+                for c in &list {
+                    engine.remove(&c.id).await?;
+                }
+                list
+            } else {
+                engine.sweep().await?
+            };
+            for c in &removed {
+                println!("{}", c.name);
+            }
+            eprintln!("oi: removed {} container(s)", removed.len());
+            Ok(0)
+        }
+    }
+}
+
+async fn connect() -> Result<Engine, Failure> {
+    let config = SandboxConfig {
+        docker_host: std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()),
+        ..SandboxConfig::default()
+    };
+    Ok(Engine::connect(config).await?)
+}
