@@ -197,6 +197,32 @@ def _run_ipython(code):
     return "ok" if err is None else "error"
 
 
+class _Flusher:
+    """Output is line-buffered, so that `print` makes one write and one event; this
+    thread flushes what a partial line leaves (progress dots) every 50 ms."""
+
+    def __init__(self):
+        import threading
+
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        import time
+
+        while True:
+            time.sleep(0.05)
+            if _running:
+                _flush_std()
+
+
+def _buffer_std():
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        raw = io.open(fd, "wb", buffering=1 << 16, closefd=False)
+        setattr(sys, name, io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace", line_buffering=True))
+    _Flusher()
+
+
 def _restore_std(saved):
     """Puts back stdout/stderr if a block closed them, so the next block still prints."""
     for fd, name in ((1, "stdout"), (2, "stderr")):
@@ -206,8 +232,8 @@ def _restore_std(saved):
             os.dup2(saved[fd], fd)
         stream = getattr(sys, name)
         if stream is None or getattr(stream, "closed", True) or getattr(stream, "fileno", None) is None:
-            raw = io.open(fd, "wb", buffering=0, closefd=False)
-            setattr(sys, name, io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace", write_through=True))
+            raw = io.open(fd, "wb", buffering=1 << 16, closefd=False)
+            setattr(sys, name, io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace", line_buffering=True))
 
 
 def _on_sigint(signum, frame):
@@ -243,6 +269,7 @@ def main(cmd_fd, ctl_fd):
     ns["display"] = display
     builtins.input = _closed_input
     sys.stdin = open(os.devnull)
+    _buffer_std()
     if sys.path and sys.path[0] != "":
         sys.path.insert(0, "")
 

@@ -107,8 +107,11 @@ def describe_exit(lang, returncode):
         except ValueError:
             name = "signal %d" % sig
         text = "the %s interpreter was killed by %s" % (lang, name)
-        if sig == signal.SIGKILL and oom_kills() > _oom_at_start[0]:
-            text += " (out of memory: the sandbox memory limit was reached)"
+        if sig == signal.SIGKILL:
+            seen = oom_kills()
+            if seen > _oom_at_start[0]:
+                _oom_at_start[0] = seen
+                text += " (out of memory: the sandbox memory limit was reached)"
         elif sig == signal.SIGSEGV:
             text += " (segmentation fault)"
         return text
@@ -116,15 +119,17 @@ def describe_exit(lang, returncode):
 
 
 def oom_kills():
-    """The OOM-kill count of this cgroup (v2), 0 where unknown (e.g. not in a container)."""
-    try:
-        with open("/sys/fs/cgroup/memory.events") as f:
-            for line in f:
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
-                    return int(value)
-    except (OSError, ValueError):
-        pass
+    """How many processes the OOM killer has killed in this container's cgroup (v2 or
+    v1); 0 where unknown (e.g. not in a container)."""
+    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
+        try:
+            with open(path) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
     return 0
 
 

@@ -28,7 +28,7 @@ use super::settings::{Backend, Hardening, SandboxConfig};
 /// use tokio_util::sync::CancellationToken;
 ///
 /// # async fn run() -> Result<(), oi::core::code_interpreter::SandboxError> {
-/// let engine = Engine::connect(SandboxConfig::default()).await?;
+/// let mut engine = Engine::connect(SandboxConfig::default()).await?;
 /// engine.ensure_image(false, &mut |_progress| {}).await?;
 /// let mut session = engine.open().await?;
 /// let cancel = CancellationToken::new();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::language::Languages;
 
 /// Where blocks run.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
     /// A per-session Docker container (safe mode, the default).
     #[default]
@@ -160,13 +160,12 @@ fn is_root(user: &str) -> bool {
 pub fn bytes(n: i64) -> String {
     const UNITS: [(&str, i64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
     for (unit, size) in UNITS {
-        if n >= size && n % size == 0 {
-            return format!("{} {unit}", n / size);
-        }
-    }
-    for (unit, size) in UNITS {
         if n >= size {
-            return format!("{:.1} {unit}", n as f64 / size as f64);
+            return if n % size == 0 {
+                format!("{} {unit}", n / size)
+            } else {
+                format!("{:.1} {unit}", n as f64 / size as f64)
+            };
         }
     }
     format!("{n} B")

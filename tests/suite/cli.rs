@@ -1,0 +1,286 @@
+//! The `oi` binary as a user runs it: `oi exec`, exit codes, error messages, clean-up.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use oi::core::code_interpreter::{docker, Engine};
+
+use super::{docker_config, image};
+
+fn oi() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oi"));
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+fn output(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("oi runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn exec_blocks_share_one_session() {
+    if image().is_none() {
+        return;
+    }
+    let (code, stdout, stderr) =
+        output(oi().args(["exec", "-l", "python", "-c", "x = 41", "-c", "print(x + 1)"]));
+    assert_eq!((code, stdout.as_str()), (0, "42\n"), "{stderr}");
+}
+
+#[test]
+fn exec_reads_stdin_and_its_exit_status_follows_the_code() {
+    if image().is_none() {
+        return;
+    }
+    let mut child = oi()
+        .args(["exec", "-l", "bash"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo from-stdin\nexit_code=7\n(exit $exit_code)\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-stdin\n");
+    assert_eq!(out.status.code(), Some(7));
+
+    let (code, _, stderr) = output(oi().args(["exec", "-c", "1/0"]));
+    assert_eq!(code, 1, "a Python exception exits 1");
+    assert!(stderr.contains("ZeroDivisionError"), "{stderr}");
+    let (code, _, stderr) =
+        output(oi().args(["exec", "--timeout", "0.5", "-c", "while True: pass"]));
+    assert_eq!(code, 124, "{stderr}");
+    assert!(stderr.contains("timed out after 0.5 s"), "{stderr}");
+}
+
+#[test]
+fn exec_json_prints_one_event_per_line() {
+    if image().is_none() {
+        return;
+    }
+    let (code, stdout, stderr) =
+        output(oi().args(["exec", "--json", "-c", "print('a')", "-c", "print('b')"]));
+    assert_eq!(code, 0, "{stderr}");
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<(u64, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["block"].as_u64().unwrap(),
+                e["event"]["type"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [(0, "stdout"), (0, "done"), (1, "stdout"), (1, "done")],
+        "a print is one event"
+    );
+    assert_eq!(events[2]["event"]["text"], "b\n");
+    assert_eq!(events[3]["event"]["status"], "ok");
+}
+
+#[test]
+fn docker_down_is_one_clear_message() {
+    let (code, stdout, stderr) = output(
+        oi().env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+            .args(["exec", "-c", "print(1)"]),
+    );
+    assert_eq!(code, 125, "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("cannot reach the Docker daemon at unix:///nonexistent/docker.sock"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("apt-get install docker.io") && stderr.contains("--unsafe"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| !l.trim().is_empty()).count(),
+        2,
+        "short: {stderr}"
+    );
+}
+
+#[test]
+fn unknown_language_lists_the_available_ones() {
+    let (code, _, stderr) = output(oi().args(["exec", "-l", "cobol", "-c", "x"]));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("unknown language `cobol`; available: python, shell"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unsafe_mode_runs_on_the_host_and_says_so_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = output(
+        oi().current_dir(dir.path())
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
+            .args(["exec", "--unsafe", "-c", "import os\nprint(os.getcwd())"]),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        dir.path().canonicalize().unwrap().display().to_string()
+    );
+    assert!(
+        stderr.contains("WARNING: --unsafe") && stderr.contains("NOT in a sandbox"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn settings_show_what_is_loosened() {
+    let (code, stdout, _) = output(oi().args(["sandbox", "settings"]));
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("network") && stdout.contains("none"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("loosened"), "{stdout}");
+    let (_, stdout, _) = output(oi().args(["sandbox", "settings", "--network", "--pids", "none"]));
+    let loosened: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("(loosened)"))
+        .collect();
+    assert_eq!(loosened.len(), 2, "{stdout}");
+    assert!(
+        loosened[0].starts_with("network") && loosened[1].starts_with("pids limit"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn verbose_exec_shows_the_effective_settings() {
+    if image().is_none() {
+        return;
+    }
+    let (code, _, stderr) = output(oi().args(["exec", "-v", "--network", "-c", "pass"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("in container"), "{stderr}");
+    assert!(
+        stderr.contains("network") && stderr.contains("(loosened)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("no-new-privileges"), "{stderr}");
+}
+
+/// Peak resident memory of a process (VmHWM), read from /proc, in bytes.
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[test]
+fn printing_100_mb_keeps_oi_memory_bounded() {
+    if image().is_none() {
+        return;
+    }
+    let code = "import sys\nline = 'y' * 1023 + '\\n'\nfor _ in range(100 * 1024):\n    sys.stdout.write(line)";
+    let mut child = oi()
+        .args(["exec", "-c", code])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0usize;
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n,
+            }
+        }
+    });
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        if let Some(rss) = peak_rss(pid) {
+            peak = peak.max(rss);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let total = reader.join().unwrap();
+    assert_eq!(total, 100 << 20, "every byte came through");
+    assert!(child.wait().unwrap().success());
+    assert!(
+        peak > 0 && peak < 100 << 20,
+        "oi's peak memory was {} MiB",
+        peak >> 20
+    );
+}
+
+#[test]
+fn containers_of_a_killed_oi_are_removed_by_a_later_start() {
+    if image().is_none() {
+        return;
+    }
+    let mut child = oi()
+        .args([
+            "exec",
+            "-c",
+            "import time\nprint('up', flush=True)\ntime.sleep(120)",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 3];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    assert_eq!(&first, b"up\n");
+    let pid = child.id();
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let engine = Engine::connect(docker_config()).await.unwrap();
+        let owner = |c: &docker::SandboxInfo| c.name.clone();
+        let left: Vec<_> = engine
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|c| !c.owner_alive)
+            .collect();
+        assert!(
+            !left.is_empty(),
+            "the killed oi (pid {pid}) left its container behind"
+        );
+        let names: Vec<String> = left.iter().map(owner).collect();
+
+        let started = Instant::now();
+        let (code, _, stderr) = output(oi().args(["exec", "-c", "pass"]));
+        assert_eq!(code, 0, "{stderr}");
+        assert!(started.elapsed() < Duration::from_secs(60));
+        let remaining: Vec<String> = engine.list().await.unwrap().iter().map(owner).collect();
+        for name in names {
+            assert!(!remaining.contains(&name), "{name} was swept");
+        }
+    });
+}
