@@ -33,7 +33,11 @@ async fn main() -> anyhow::Result<()> {
     let py = round_trips(&mut session, "python", "print(1)", &cancel, 500).await?;
     let sh = round_trips(&mut session, "shell", "true", &cancel, 500).await?;
     let container = session.container_id().unwrap_or_default().to_string();
-    let docker_exec = sample_cmd(20, "docker", &["exec", &container, "python3", "-c", "print(1)"])?;
+    let docker_exec = sample_cmd(
+        20,
+        "docker",
+        &["exec", &container, "python3", "-c", "print(1)"],
+    )?;
     session.close().await?;
 
     // Session ready from cold (image cached) and close.
@@ -48,25 +52,66 @@ async fn main() -> anyhow::Result<()> {
         s.close().await?;
         close.push(started.elapsed());
     }
-    let docker_run = sample_cmd(10, "docker", &["run", "--rm", "--network", "none", "--entrypoint", "true", &image])?;
+    let docker_run = sample_cmd(
+        10,
+        "docker",
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "true",
+            &image,
+        ],
+    )?;
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!("{:<44} {:>10} {:>10} {:>12}", "measure", "median", "p99", "vs baseline");
+    println!(
+        "{:<44} {:>10} {:>10} {:>12}",
+        "measure", "median", "p99", "vs baseline"
+    );
     let row = |name: &str, s: &Stats, base: Option<(&Stats, &str)>| {
         let ratio = base
-            .map(|(b, how)| format!("{:.2}{how}", if how == "x faster" { ms(b.median) / ms(s.median) } else { ms(s.median) / ms(b.median) }))
+            .map(|(b, how)| {
+                format!(
+                    "{:.2}{how}",
+                    if how == "x faster" {
+                        ms(b.median) / ms(s.median)
+                    } else {
+                        ms(s.median) / ms(b.median)
+                    }
+                )
+            })
             .unwrap_or_default();
-        println!("{name:<44} {:>8.3}ms {:>8.3}ms {:>12}", ms(s.median), ms(s.p99), ratio);
+        println!(
+            "{name:<44} {:>8.3}ms {:>8.3}ms {:>12}",
+            ms(s.median),
+            ms(s.p99),
+            ratio
+        );
     };
     let py_s = Stats::of(py);
     let exec_s = Stats::of(docker_exec);
     let ready_s = Stats::of(ready);
     let run_s = Stats::of(docker_run);
     row("baseline: docker exec python3 -c print(1)", &exec_s, None);
-    row("oi round trip print(1), warm session", &py_s, Some((&exec_s, "x faster")));
-    row("oi round trip shell `true`, warm session", &Stats::of(sh), None);
+    row(
+        "oi round trip print(1), warm session",
+        &py_s,
+        Some((&exec_s, "x faster")),
+    );
+    row(
+        "oi round trip shell `true`, warm session",
+        &Stats::of(sh),
+        None,
+    );
     row("baseline: docker run --rm IMAGE true", &run_s, None);
-    row("oi session ready (open to first result)", &ready_s, Some((&run_s, "x of base")));
+    row(
+        "oi session ready (open to first result)",
+        &ready_s,
+        Some((&run_s, "x of base")),
+    );
     row("oi close (container removed)", &Stats::of(close), None);
     println!();
     println!("targets: round trip ≤ 0.5 ms and ≥ 100x faster than docker exec; shell ≤ 1 ms;");
@@ -74,13 +119,21 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(session: &mut Session, language: &str, code: &str, cancel: &CancellationToken) -> anyhow::Result<()> {
+async fn run(
+    session: &mut Session,
+    language: &str,
+    code: &str,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
     let out = session
         .execute(ExecRequest::new(language, code), cancel)
         .await?
         .collect_output()
         .await;
-    anyhow::ensure!(out.status() == ExecStatus::Ok, "{language} `{code}` failed: {out:?}");
+    anyhow::ensure!(
+        out.status() == ExecStatus::Ok,
+        "{language} `{code}` failed: {out:?}"
+    );
     Ok(())
 }
 
@@ -104,7 +157,10 @@ fn sample_cmd(n: usize, program: &str, args: &[&str]) -> anyhow::Result<Vec<Dura
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();
-        let status = Command::new(program).args(args).stdout(std::process::Stdio::null()).status()?;
+        let status = Command::new(program)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()?;
         anyhow::ensure!(status.success(), "{program} {args:?} failed");
         out.push(started.elapsed());
     }

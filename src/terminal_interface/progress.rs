@@ -31,7 +31,7 @@ impl BuildDisplay {
         match progress {
             BuildProgress::Started { tag, base } => {
                 let note = format!(
-                    "building the sandbox image {tag} on {base} (first use; a few minutes)"
+                    "building the sandbox image {tag} on {base} (a minute or two when nothing is cached)"
                 );
                 if self.tty {
                     let bar = ProgressBar::new(1);

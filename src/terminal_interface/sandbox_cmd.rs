@@ -49,7 +49,10 @@ pub async fn run(command: SandboxCommand) -> Result<u8, Failure> {
             )?;
             let now = now();
             for c in list {
-                let owner = if c.owner_alive { "running" } else { "gone" };
+                let owner = match (c.owner_alive, c.owner_pid) {
+                    (true, Some(pid)) => format!("pid {pid}"),
+                    _ => "gone".to_string(),
+                };
                 writeln!(
                     out,
                     "{:<14} {:<16} {:<9} {:>6}  {:<10} {}",

@@ -322,7 +322,9 @@ pub struct SandboxInfo {
     pub state: String,
     pub status: String,
     pub created: i64,
-    /// Whether the oi process that made it is still running (on this machine).
+    /// The oi process that made it.
+    pub owner_pid: Option<u32>,
+    /// Whether that process is still running (on this machine).
     pub owner_alive: bool,
 }
 
@@ -341,10 +343,8 @@ pub async fn list(docker: &Docker) -> Result<Vec<SandboxInfo>> {
         .into_iter()
         .map(|c| {
             let labels = c.labels.unwrap_or_default();
-            let owner_alive = labels
-                .get(OWNER_LABEL)
-                .and_then(|l| Owner::parse(l))
-                .is_some_and(|o| o.is_alive());
+            let owner = labels.get(OWNER_LABEL).and_then(|l| Owner::parse(l));
+            let owner_alive = owner.as_ref().is_some_and(|o| o.is_alive());
             SandboxInfo {
                 id: c.id.unwrap_or_default(),
                 name: c
@@ -358,6 +358,7 @@ pub async fn list(docker: &Docker) -> Result<Vec<SandboxInfo>> {
                 state: c.state.map(|s| s.to_string()).unwrap_or_default(),
                 status: c.status.unwrap_or_default(),
                 created: c.created.unwrap_or_default(),
+                owner_pid: owner.map(|o| o.pid),
                 owner_alive,
             }
         })

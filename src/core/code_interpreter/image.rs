@@ -184,12 +184,12 @@ async fn build(
         let info = match item {
             Ok(info) => info,
             Err(bollard::errors::Error::DockerStreamError { error }) => {
-                return Err(build_failed(step, error, log, base));
+                return Err(build_failed(step, error, log));
             }
-            Err(err) => return Err(build_failed(step, err.to_string(), log, base)),
+            Err(err) => return Err(build_failed(step, err.to_string(), log)),
         };
         if let Some(detail) = info.error_detail.and_then(|d| d.message) {
-            return Err(build_failed(step, detail, log, base));
+            return Err(build_failed(step, detail, log));
         }
         let Some(text) = info.stream.or(info.status) else {
             continue;
@@ -220,17 +220,11 @@ async fn build(
             step,
             "the build ended without producing the image".into(),
             log,
-            base,
         ))
     }
 }
 
-fn build_failed(
-    step: Option<String>,
-    message: String,
-    log: Vec<String>,
-    base: &str,
-) -> SandboxError {
+fn build_failed(step: Option<String>, message: String, log: Vec<String>) -> SandboxError {
     let lower = message.to_lowercase();
     let pulling = lower.contains("pull access denied")
         || lower.contains("manifest")
@@ -238,9 +232,9 @@ fn build_failed(
         || lower.contains("lookup ")
         || lower.contains("no such host")
         || lower.contains("registry");
-    let hint = (pulling && base == DEFAULT_BASE).then_some(
-        "no registry reachable? make the base image offline with images/bootstrap-base.sh \
-         (`oi image bootstrap-base`), then run `oi image build` again",
+    let hint = pulling.then_some(
+        "the base image is not on this machine and no registry answered: make one offline with \
+         `oi image bootstrap-base` (images/bootstrap-base.sh), or name a local one with --base-image",
     );
     SandboxError::BuildFailed {
         step,
