@@ -311,3 +311,38 @@ fn containers_of_a_killed_oi_are_removed_by_a_later_start() {
         );
     });
 }
+
+#[test]
+fn ctrl_c_interrupts_the_block_and_exits_130() {
+    if image().is_none() {
+        return;
+    }
+    let mut child = oi()
+        .args([
+            "exec",
+            "-c",
+            "import time\nprint('start', flush=True)\ntime.sleep(60)\nprint('not reached')",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 6];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    assert_eq!(&first, b"start\n");
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("KeyboardInterrupt"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("not reached"));
+}
