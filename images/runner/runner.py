@@ -136,6 +136,20 @@ def oom_kills():
 _oom_at_start = [0]
 
 
+def pids_limit_hits():
+    """How often this cgroup refused a fork at its process limit (v2 or v1); 0 where unknown."""
+    for path in ("/sys/fs/cgroup/pids.events", "/sys/fs/cgroup/pids/pids.events"):
+        try:
+            with open(path) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "max":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
 # ---------------------------------------------------------------------------
 # Kernels
 
@@ -527,6 +541,7 @@ class Runner:
                 kernel.cleanup()
 
     def _run(self, rid, kernel, req):
+        pids_at_start = pids_limit_hits()
         decoders = {}
         sel = selectors.DefaultSelector()
         submitted = False
@@ -574,6 +589,21 @@ class Runner:
                     send({"type": name, "id": rid, "data": tail})
 
         def finish(frame):
+            # A block that ran into the process limit (a fork bomb) must not leave the
+            # session unable to start anything: stop what it left running.
+            if pids_limit_hits() > pids_at_start and kernel.stateful and kernel.alive():
+                pid = kernel.proc.pid
+                strays = [p for p in session_members(pid) if p != pid]
+                if strays:
+                    kill_session(pid, spare=(pid,))
+                    send(
+                        {
+                            "type": "notice",
+                            "id": rid,
+                            "message": "the block reached the sandbox's process limit; its %d leftover "
+                            "processes were stopped so that the session stays usable" % len(strays),
+                        }
+                    )
             frame = {k: v for k, v in frame.items() if v is not None}
             frame.update({"type": "done", "id": rid})
             send(frame)
