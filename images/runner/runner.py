@@ -118,36 +118,32 @@ def describe_exit(lang, returncode):
     return "the %s interpreter exited with code %d" % (lang, returncode)
 
 
-def oom_kills():
-    """How many processes the OOM killer has killed in this container's cgroup (v2 or
-    v1); 0 where unknown (e.g. not in a container)."""
-    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
+def cgroup_counter(key, *paths):
+    """A counter from this container's cgroup event files (the first that exists: v2,
+    then v1); 0 where unknown (e.g. not in a container)."""
+    for path in paths:
         try:
             with open(path) as f:
                 for line in f:
-                    key, _, value = line.partition(" ")
-                    if key == "oom_kill":
+                    name, _, value = line.partition(" ")
+                    if name == key:
                         return int(value)
         except (OSError, ValueError):
             continue
     return 0
+
+
+def oom_kills():
+    """How many processes the OOM killer has killed in this container."""
+    return cgroup_counter("oom_kill", "/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
 
 
 _oom_at_start = [0]
 
 
 def pids_limit_hits():
-    """How often this cgroup refused a fork at its process limit (v2 or v1); 0 where unknown."""
-    for path in ("/sys/fs/cgroup/pids.events", "/sys/fs/cgroup/pids/pids.events"):
-        try:
-            with open(path) as f:
-                for line in f:
-                    key, _, value = line.partition(" ")
-                    if key == "max":
-                        return int(value)
-        except (OSError, ValueError):
-            continue
-    return 0
+    """How often this container refused a fork at its process limit."""
+    return cgroup_counter("max", "/sys/fs/cgroup/pids.events", "/sys/fs/cgroup/pids/pids.events")
 
 
 # ---------------------------------------------------------------------------

@@ -14,6 +14,25 @@ fn oi() -> Command {
     cmd
 }
 
+/// Starts `oi` with `args` and waits until it has printed `first` on stdout.
+fn spawn_until(args: &[&str], first: &[u8]) -> std::process::Child {
+    let mut child = oi()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = vec![0u8; first.len()];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut seen)
+        .unwrap();
+    assert_eq!(seen, first);
+    child
+}
+
 fn output(cmd: &mut Command) -> (i32, String, String) {
     let out = cmd.output().expect("oi runs");
     (
@@ -253,23 +272,14 @@ fn containers_of_a_killed_oi_are_removed_by_a_later_start() {
     if image().is_none() {
         return;
     }
-    let mut child = oi()
-        .args([
+    let mut child = spawn_until(
+        &[
             "exec",
             "-c",
             "import time\nprint('up', flush=True)\ntime.sleep(120)",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = [0u8; 3];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut first)
-        .unwrap();
-    assert_eq!(&first, b"up\n");
+        ],
+        b"up\n",
+    );
     let pid = child.id();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -317,24 +327,14 @@ fn ctrl_c_interrupts_the_block_and_exits_130() {
     if image().is_none() {
         return;
     }
-    let mut child = oi()
-        .args([
+    let child = spawn_until(
+        &[
             "exec",
             "-c",
             "import time\nprint('start', flush=True)\ntime.sleep(60)\nprint('not reached')",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = [0u8; 6];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut first)
-        .unwrap();
-    assert_eq!(&first, b"start\n");
+        ],
+        b"start\n",
+    );
     let sent = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
