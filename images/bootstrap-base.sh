@@ -21,7 +21,9 @@ if ! command -v debootstrap >/dev/null 2>&1; then
     exit 1
   fi
   say "installing debootstrap from Debian's packages"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
 fi
 if [[ $(id -u) -ne 0 ]]; then
   say "debootstrap needs root"
