@@ -346,3 +346,48 @@ fn ctrl_c_interrupts_the_block_and_exits_130() {
     assert!(stderr.contains("KeyboardInterrupt"), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("not reached"));
 }
+
+#[test]
+fn sandbox_rm_removes_a_container_by_session_id() {
+    if image().is_none() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let Some((engine, session)) =
+            super::session(oi::core::code_interpreter::Backend::Docker).await
+        else {
+            return;
+        };
+        let id = session.container_id().unwrap().to_string();
+        let (code, stdout, stderr) = output(oi().args(["sandbox", "rm", session.id()]));
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(stdout.trim(), format!("oi-{}", session.id()));
+        let docker = engine.docker().unwrap();
+        assert!(
+            docker.inspect_container(&id, None).await.is_err(),
+            "removed"
+        );
+        let (code, _, stderr) = output(oi().args(["sandbox", "rm", "no-such-sandbox"]));
+        assert_eq!(code, 1);
+        assert!(
+            stderr.contains("no oi container matches `no-such-sandbox`"),
+            "{stderr}"
+        );
+        drop(session);
+    });
+}
+
+#[test]
+fn a_configured_image_that_is_missing_is_a_clear_error() {
+    let (code, _, stderr) =
+        output(oi().args(["exec", "--image", "oi-test-no-such-image:1", "-c", "pass"]));
+    if image().is_none() {
+        return;
+    }
+    assert_eq!(code, 125, "{stderr}");
+    assert!(
+        stderr.contains("the sandbox image oi-test-no-such-image:1 is missing on this machine"),
+        "{stderr}"
+    );
+}

@@ -27,8 +27,9 @@ pub enum SandboxError {
         source: bollard::errors::Error,
     },
 
-    /// The sandbox image is not there; the front end builds it (`oi image build`).
-    #[error("the sandbox image {tag} is missing: build it with `oi image build`")]
+    /// The sandbox image is not there; oi's own is built by the front end
+    /// (`oi image build`), a configured one must be built or pulled by the user.
+    #[error("the sandbox image {tag} is missing on this machine: build or pull it (`oi image build` makes oi's own), or choose another with --image")]
     ImageMissing { tag: String },
 
     /// Building an image failed; `step` is the Dockerfile step that failed and `log`

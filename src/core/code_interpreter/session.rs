@@ -89,14 +89,18 @@ impl Engine {
         progress: &mut (dyn FnMut(BuildProgress) + Send),
     ) -> Result<String> {
         let docker = self.docker_or_err()?.clone();
-        if let Some(tag) = &self.config.image {
-            if !tag.starts_with(image::IMAGE_REPOSITORY) || !force {
-                if image::exists(&docker, tag).await? {
-                    return Ok(tag.clone());
-                }
-                if !tag.starts_with(image::IMAGE_REPOSITORY) {
-                    return Err(SandboxError::ImageMissing { tag: tag.clone() });
-                }
+        if let Some(tag) = self.config.image.clone() {
+            let exists = image::exists(&docker, &tag).await?;
+            // Someone else's image is only checked for: oi cannot build it.
+            if !tag.starts_with(image::IMAGE_REPOSITORY) {
+                return if exists {
+                    Ok(tag)
+                } else {
+                    Err(SandboxError::ImageMissing { tag })
+                };
+            }
+            if exists && !force {
+                return Ok(tag);
             }
         }
         let tag =
