@@ -4,3 +4,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod code_interpreter;
+pub mod config;
+pub mod llm;
+pub mod messages;
+pub mod respond;

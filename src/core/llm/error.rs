@@ -1,0 +1,148 @@
+//! What can go wrong talking to a model, phrased so that a user knows what to change.
+//! The loop retries the errors [`LlmError::is_retryable`] says are passing, reports
+//! the others, and keeps the conversation either way.
+
+use std::time::Duration;
+
+pub type Result<T, E = LlmError> = std::result::Result<T, E>;
+
+/// A failure of the model's server or of the stream, not of the user's code.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    /// 401/403: the key is missing or rejected. Not retried.
+    #[error(
+        "{url} rejected the API key (HTTP {status}): {detail}\nSet {key_setting} to a valid key."
+    )]
+    Auth {
+        url: String,
+        status: u16,
+        detail: String,
+        key_setting: String,
+    },
+
+    /// The server does not know the model. Not retried.
+    #[error("{}", unknown_model_message(.model, .url, .available))]
+    UnknownModel {
+        model: String,
+        url: String,
+        available: Vec<String>,
+    },
+
+    /// Nothing answered at the URL (refused, DNS, TLS, connect timeout). Retried.
+    #[error("could not reach the model server at {url}: {detail}\nIs the server running, and is --api-base right?")]
+    Connect { url: String, detail: String },
+
+    /// 429: retried with backoff, honouring `Retry-After`.
+    #[error("{url} is rate limiting requests (HTTP 429): {detail}")]
+    RateLimited {
+        url: String,
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+
+    /// 5xx or an overloaded stream: retried with backoff.
+    #[error("the model server at {url} failed (HTTP {status}): {detail}")]
+    Server {
+        url: String,
+        status: u16,
+        detail: String,
+    },
+
+    /// Any other 4xx: the request itself is wrong (often: too long for the model). Not
+    /// retried.
+    #[error("the model server at {url} refused the request (HTTP {status}): {detail}")]
+    Rejected {
+        url: String,
+        status: u16,
+        detail: String,
+    },
+
+    /// The server does not support tool calling; the loop switches to text mode.
+    #[error("the model does not support tool calling: {detail}")]
+    ToolsUnsupported { detail: String },
+
+    /// No data for longer than the idle timeout. Retried if nothing was shown yet.
+    #[error("the model's stream stalled: nothing arrived for {} s", .after.as_secs())]
+    Stalled { after: Duration },
+
+    /// The stream ended before the reply was complete. Retried if nothing was shown yet.
+    #[error("the model's stream ended before the reply was complete ({detail})")]
+    Truncated { detail: String },
+
+    /// The server sent something that is not the protocol. Not retried.
+    #[error("the model server sent malformed data ({detail}): {text}")]
+    Malformed { detail: String, text: String },
+
+    /// The HTTP client could not be set up.
+    #[error("could not set up the HTTP client: {0}")]
+    Client(String),
+}
+
+fn unknown_model_message(model: &str, url: &str, available: &[String]) -> String {
+    let mut msg = format!("the model server at {url} does not know the model `{model}`");
+    if available.is_empty() {
+        msg.push_str("\nChoose another with --model.");
+    } else {
+        const SHOWN: usize = 30;
+        let mut list = available[..available.len().min(SHOWN)].join(", ");
+        if available.len() > SHOWN {
+            list.push_str(&format!(", … ({} more)", available.len() - SHOWN));
+        }
+        msg.push_str(&format!("\nIt offers: {list}\nChoose one with --model."));
+    }
+    msg
+}
+
+impl LlmError {
+    /// Whether trying the same request again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            LlmError::Connect { .. }
+            | LlmError::RateLimited { .. }
+            | LlmError::Server { .. }
+            | LlmError::Stalled { .. }
+            | LlmError::Truncated { .. } => true,
+            LlmError::Auth { .. }
+            | LlmError::UnknownModel { .. }
+            | LlmError::Rejected { .. }
+            | LlmError::ToolsUnsupported { .. }
+            | LlmError::Malformed { .. }
+            | LlmError::Client(_) => false,
+        }
+    }
+
+    /// A short, stable name for machine output (`--json`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LlmError::Auth { .. } => "auth",
+            LlmError::UnknownModel { .. } => "unknown_model",
+            LlmError::Connect { .. } => "connect",
+            LlmError::RateLimited { .. } => "rate_limited",
+            LlmError::Server { .. } => "server",
+            LlmError::Rejected { .. } => "rejected",
+            LlmError::ToolsUnsupported { .. } => "tools_unsupported",
+            LlmError::Stalled { .. } => "stalled",
+            LlmError::Truncated { .. } => "truncated",
+            LlmError::Malformed { .. } => "malformed",
+            LlmError::Client(_) => "client",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_model_lists_what_the_server_offers() {
+        let err = LlmError::UnknownModel {
+            model: "gpt-9".into(),
+            url: "http://x/v1".into(),
+            available: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(
+            err.to_string(),
+            "the model server at http://x/v1 does not know the model `gpt-9`\nIt offers: a, b\nChoose one with --model."
+        );
+    }
+}

@@ -1,0 +1,274 @@
+//! The HTTP both built-in providers share: one client, a JSON POST whose failures are
+//! mapped to [`LlmError`]s a user can act on, and a JSON GET for model lists.
+//!
+//! Knows HTTP statuses and the common shapes of error bodies, not any provider's
+//! streaming protocol.
+
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+
+use super::error::{LlmError, Result};
+
+/// The longest error body quoted back to the user.
+const DETAIL_MAX: usize = 600;
+
+pub(crate) fn client(connect_timeout: Duration) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .user_agent(concat!("oi/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| LlmError::Client(e.to_string()))
+}
+
+/// Joins a base URL and a path without doubling or losing a slash.
+pub(crate) fn join(base: &str, path: &str) -> String {
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
+}
+
+/// What the loop needs to classify an HTTP failure.
+pub(crate) struct Failure<'a> {
+    pub url: &'a str,
+    pub model: &'a str,
+    pub key_setting: &'a str,
+}
+
+/// Sends a request; a non-2xx status becomes the matching [`LlmError`].
+pub(crate) async fn send(
+    request: reqwest::RequestBuilder,
+    failure: Failure<'_>,
+) -> Result<reqwest::Response> {
+    let response = request.send().await.map_err(|e| LlmError::Connect {
+        url: failure.url.to_string(),
+        detail: error_chain(&e),
+    })?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let retry_after = retry_after(response.headers());
+    let body = response.text().await.unwrap_or_default();
+    Err(classify(status.as_u16(), &body, retry_after, failure))
+}
+
+fn classify(
+    status: u16,
+    body: &str,
+    retry_after: Option<Duration>,
+    failure: Failure<'_>,
+) -> LlmError {
+    let detail = error_detail(body);
+    let url = failure.url.to_string();
+    let lower = detail.to_lowercase();
+    match status {
+        401 | 403 => LlmError::Auth {
+            url,
+            status,
+            detail,
+            key_setting: failure.key_setting.to_string(),
+        },
+        404 if lower.contains("model") => LlmError::UnknownModel {
+            model: failure.model.to_string(),
+            url,
+            available: Vec::new(),
+        },
+        429 => LlmError::RateLimited {
+            url,
+            detail,
+            retry_after,
+        },
+        // Ollama: "... does not support tools"; llama.cpp: "tools param requires --jinja".
+        400..=499
+            if (lower.contains("tool") || lower.contains("function"))
+                && (lower.contains("support") || lower.contains("jinja")) =>
+        {
+            LlmError::ToolsUnsupported { detail }
+        }
+        // Servers that load models on demand answer an unknown one with 400.
+        400 if lower.contains("model")
+            && (lower.contains("not found") || lower.contains("does not exist")) =>
+        {
+            LlmError::UnknownModel {
+                model: failure.model.to_string(),
+                url,
+                available: Vec::new(),
+            }
+        }
+        404 => LlmError::Rejected {
+            url: url.clone(),
+            status,
+            detail: format!(
+                "{detail} (is the base URL right? OpenAI-compatible servers usually end in /v1)"
+            ),
+        },
+        500..=599 => LlmError::Server {
+            url,
+            status,
+            detail,
+        },
+        _ => LlmError::Rejected {
+            url,
+            status,
+            detail,
+        },
+    }
+}
+
+/// The human part of an error body: `error.message`, `error` as a string, `message`,
+/// `detail`, or the body itself, shortened.
+pub(crate) fn error_detail(body: &str) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    let found = parsed.as_ref().and_then(|v| {
+        v.pointer("/error/message")
+            .or_else(|| v.get("error").filter(|e| e.is_string()))
+            .or_else(|| v.get("message"))
+            .or_else(|| v.get("detail"))
+            .and_then(|m| m.as_str())
+            .map(str::to_string)
+    });
+    let text = found.unwrap_or_else(|| body.trim().to_string());
+    if text.is_empty() {
+        return "(empty response)".into();
+    }
+    shorten(&text, DETAIL_MAX)
+}
+
+pub(crate) fn shorten(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(Duration::from_secs_f64)
+}
+
+/// reqwest's Display hides the cause ("error sending request"); users need it.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+/// `GET {base}/models` → the ids in `data[].id` (OpenAI and Anthropic agree on this).
+pub(crate) async fn model_ids(request: reqwest::RequestBuilder) -> Result<Vec<String>> {
+    let response = request
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| LlmError::Client(e.to_string()))?;
+    if !response.status().is_success() {
+        return Ok(Vec::new());
+    }
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|e| LlmError::Client(e.to_string()))?;
+    let mut ids: Vec<String> = body
+        .get("data")
+        .or_else(|| body.get("models"))
+        .and_then(|d| d.as_array())
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|m| {
+                    m.get("id")
+                        .or_else(|| m.get("name"))
+                        .and_then(|i| i.as_str())
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f() -> Failure<'static> {
+        Failure {
+            url: "http://x/v1",
+            model: "m",
+            key_setting: "KEY",
+        }
+    }
+
+    #[test]
+    fn statuses_become_errors_users_can_act_on() {
+        let body = r#"{"error":{"message":"Incorrect API key provided"}}"#;
+        assert!(matches!(
+            classify(401, body, None, f()),
+            LlmError::Auth { .. }
+        ));
+        let body =
+            r#"{"error":{"message":"The model `m` does not exist","code":"model_not_found"}}"#;
+        assert!(matches!(
+            classify(404, body, None, f()),
+            LlmError::UnknownModel { .. }
+        ));
+        assert!(matches!(
+            classify(404, r#"{"error":"model 'm' not found"}"#, None, f()),
+            LlmError::UnknownModel { .. }
+        ));
+        assert!(matches!(
+            classify(
+                400,
+                r#"{"error":"registry.ollama.ai/library/gemma:2b does not support tools"}"#,
+                None,
+                f()
+            ),
+            LlmError::ToolsUnsupported { .. }
+        ));
+        assert!(matches!(
+            classify(503, "busy", None, f()),
+            LlmError::Server { status: 503, .. }
+        ));
+        assert!(matches!(
+            classify(404, "Not Found", None, f()),
+            LlmError::Rejected { .. }
+        ));
+    }
+
+    #[test]
+    fn detail_prefers_the_message() {
+        assert_eq!(error_detail(r#"{"error":{"message":"nope"}}"#), "nope");
+        assert_eq!(
+            error_detail(r#"{"type":"error","error":{"type":"x","message":"bad"}}"#),
+            "bad"
+        );
+        assert_eq!(error_detail("plain text"), "plain text");
+        assert_eq!(error_detail(""), "(empty response)");
+    }
+
+    #[test]
+    fn urls_join_cleanly() {
+        assert_eq!(
+            join("http://h/v1/", "/chat/completions"),
+            "http://h/v1/chat/completions"
+        );
+    }
+}

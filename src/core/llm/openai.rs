@@ -1,0 +1,381 @@
+//! OpenAI Chat Completions with streaming and tool calling, as OpenAI, Ollama, vLLM,
+//! llama.cpp's server, LM Studio and OpenRouter speak it; the server is chosen by the
+//! base URL.
+//!
+//! Translates the neutral [`ChatRequest`] to the wire JSON and the `chat.completion.chunk`
+//! frames back to [`StreamEvent`]s. Knows nothing of LMC messages or the sandbox.
+
+use futures::future::BoxFuture;
+use serde_json::{json, Value};
+
+use super::error::{LlmError, Result};
+use super::http::{self, Failure};
+use super::{
+    sse, ChatMessage, ChatRequest, ChatRole, Endpoint, EventStream, FinishReason, Part, Provider,
+    StreamEvent, Usage,
+};
+
+/// A provider for any OpenAI-compatible server.
+#[derive(Debug)]
+pub struct OpenAi {
+    endpoint: Endpoint,
+    client: reqwest::Client,
+}
+
+impl OpenAi {
+    pub fn new(endpoint: Endpoint) -> Result<Self> {
+        Ok(OpenAi {
+            client: http::client(endpoint.connect_timeout)?,
+            endpoint,
+        })
+    }
+
+    fn is_openai(&self) -> bool {
+        self.endpoint.api_base.contains("api.openai.com")
+    }
+
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.endpoint.api_key {
+            Some(key) if !key.is_empty() => request.bearer_auth(key),
+            _ => request,
+        }
+    }
+}
+
+impl Provider for OpenAi {
+    fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<EventStream>> {
+        Box::pin(async move {
+            let url = http::join(&self.endpoint.api_base, "chat/completions");
+            let body = wire_request(&request, self.is_openai());
+            let response = http::send(
+                self.authorized(self.client.post(&url)).json(&body),
+                Failure {
+                    url: &url,
+                    model: &request.model,
+                    key_setting: &self.endpoint.key_setting,
+                },
+            )
+            .await;
+            let response = match response {
+                Err(LlmError::UnknownModel { model, url, .. }) => {
+                    let available = self.models().await.unwrap_or_default();
+                    return Err(LlmError::UnknownModel {
+                        model,
+                        url,
+                        available,
+                    });
+                }
+                other => other?,
+            };
+            let frames = sse::frames(
+                Box::pin(response.bytes_stream()),
+                self.endpoint.idle_timeout,
+            );
+            Ok(super::decode_frames(frames, ChunkDecoder::default()))
+        })
+    }
+
+    fn models(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async move {
+            let url = http::join(&self.endpoint.api_base, "models");
+            http::model_ids(self.authorized(self.client.get(url))).await
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("OpenAI-compatible at {}", self.endpoint.api_base)
+    }
+}
+
+/// The JSON body for `/chat/completions`.
+pub fn wire_request(request: &ChatRequest, is_openai: bool) -> Value {
+    let mut messages = vec![json!({"role": "system", "content": request.system})];
+    for message in &request.messages {
+        wire_messages(message, &mut messages);
+    }
+    let mut body = json!({
+        "model": request.model,
+        "messages": messages,
+        "stream": true,
+    });
+    if !request.tools.is_empty() {
+        body["tools"] = request
+            .tools
+            .iter()
+            .map(|t| {
+                json!({"type": "function", "function": {
+                    "name": t.name, "description": t.description, "parameters": t.parameters}})
+            })
+            .collect();
+    }
+    if let Some(max) = request.max_tokens {
+        // OpenAI's newer models refuse `max_tokens`; the servers that copy the API
+        // mostly know only `max_tokens`.
+        let key = if is_openai {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        body[key] = json!(max);
+    }
+    if let Some(t) = request.temperature {
+        body["temperature"] = json!(t);
+    }
+    if is_openai {
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    body
+}
+
+/// One neutral message becomes one or more wire messages: tool results are messages of
+/// their own, and images from tools follow as a user message (tool messages carry text
+/// only).
+fn wire_messages(message: &ChatMessage, out: &mut Vec<Value>) {
+    match message.role {
+        ChatRole::Assistant => {
+            let text: String = message
+                .parts
+                .iter()
+                .filter_map(|p| match p {
+                    Part::Text(t) => Some(t.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let calls: Vec<Value> = message
+                .parts
+                .iter()
+                .filter_map(|p| match p {
+                    Part::ToolCall {
+                        id,
+                        name,
+                        arguments,
+                    } => Some(json!({"id": id, "type": "function",
+                        "function": {"name": name, "arguments": arguments}})),
+                    _ => None,
+                })
+                .collect();
+            let mut m = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { json!(text) }});
+            if !calls.is_empty() {
+                m["tool_calls"] = json!(calls);
+            }
+            out.push(m);
+        }
+        ChatRole::User => {
+            let mut content = Vec::new();
+            let mut images = Vec::new();
+            for part in &message.parts {
+                match part {
+                    Part::ToolResult {
+                        id,
+                        content: text,
+                        images: tool_images,
+                    } => {
+                        out.push(json!({"role": "tool", "tool_call_id": id, "content": text}));
+                        images.extend(tool_images.iter().cloned());
+                    }
+                    Part::Text(t) => content.push(json!({"type": "text", "text": t})),
+                    Part::Image { .. } => images.push(part.clone()),
+                    Part::ToolCall { .. } => {}
+                }
+            }
+            for image in images {
+                if let Part::Image { media_type, data } = image {
+                    content.push(json!({"type": "image_url",
+                        "image_url": {"url": format!("data:{media_type};base64,{data}")}}));
+                }
+            }
+            if content.is_empty() {
+                return;
+            }
+            // Plain text as a string: the form every compatible server accepts.
+            if content.iter().all(|c| c["type"] == "text") {
+                let text: Vec<&str> = content.iter().filter_map(|c| c["text"].as_str()).collect();
+                out.push(json!({"role": "user", "content": text.join("\n\n")}));
+            } else {
+                out.push(json!({"role": "user", "content": content}));
+            }
+        }
+    }
+}
+
+/// `chat.completion.chunk` frames → events.
+#[derive(Debug, Default)]
+struct ChunkDecoder {
+    finish: Option<FinishReason>,
+    usage: Option<Usage>,
+    done: bool,
+}
+
+impl super::FrameDecoder for ChunkDecoder {
+    fn frame(&mut self, frame: sse::SseFrame) -> Result<Vec<StreamEvent>> {
+        if frame.data.trim() == "[DONE]" {
+            self.done = true;
+            return Ok(vec![self.finished()]);
+        }
+        let value: Value = serde_json::from_str(&frame.data).map_err(|e| LlmError::Malformed {
+            detail: format!("a stream chunk is not JSON: {e}"),
+            text: http::shorten(&frame.data, 400),
+        })?;
+        if let Some(error) = value.get("error") {
+            return Err(LlmError::Server {
+                url: "the stream".into(),
+                status: error.get("code").and_then(|c| c.as_u64()).unwrap_or(500) as u16,
+                detail: http::error_detail(&frame.data),
+            });
+        }
+        if let Some(usage) = value.get("usage").filter(|u| u.is_object()) {
+            self.usage = Some(Usage {
+                input_tokens: usage["prompt_tokens"].as_u64().unwrap_or(0),
+                output_tokens: usage["completion_tokens"].as_u64().unwrap_or(0),
+            });
+        }
+        let mut events = Vec::new();
+        let Some(choice) = value.pointer("/choices/0") else {
+            return Ok(events);
+        };
+        let delta = &choice["delta"];
+        if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+            events.push(StreamEvent::TextDelta(text.to_string()));
+        }
+        if let Some(calls) = delta["tool_calls"].as_array() {
+            for (position, call) in calls.iter().enumerate() {
+                let arguments = match &call["function"]["arguments"] {
+                    Value::String(s) => s.clone(),
+                    Value::Null => String::new(),
+                    // Some servers send the arguments as an object.
+                    other => other.to_string(),
+                };
+                events.push(StreamEvent::ToolCallDelta {
+                    index: call["index"].as_u64().map_or(position, |i| i as usize),
+                    id: call["id"].as_str().map(str::to_string),
+                    name: call["function"]["name"].as_str().map(str::to_string),
+                    arguments,
+                });
+            }
+        }
+        if let Some(reason) = choice["finish_reason"].as_str() {
+            self.finish = Some(match reason {
+                "stop" => FinishReason::Stop,
+                "tool_calls" | "function_call" => FinishReason::ToolCalls,
+                "length" => FinishReason::Length,
+                other => FinishReason::Other(other.to_string()),
+            });
+        }
+        Ok(events)
+    }
+
+    fn end(&mut self) -> Result<Vec<StreamEvent>> {
+        if self.done {
+            return Ok(Vec::new());
+        }
+        // A server that omits `[DONE]` but said why it stopped has finished.
+        if self.finish.is_some() {
+            return Ok(vec![self.finished()]);
+        }
+        Err(LlmError::Truncated {
+            detail: "no finish_reason and no [DONE]".into(),
+        })
+    }
+}
+
+impl ChunkDecoder {
+    fn finished(&mut self) -> StreamEvent {
+        StreamEvent::Finished {
+            reason: self.finish.take().unwrap_or(FinishReason::Stop),
+            usage: self.usage.take(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{FrameDecoder, Tool};
+    use super::*;
+
+    #[test]
+    fn tool_results_and_images_take_the_wire_shape() {
+        let request = ChatRequest {
+            model: "m".into(),
+            system: "sys".into(),
+            messages: vec![
+                ChatMessage::text(ChatRole::User, "plot"),
+                ChatMessage {
+                    role: ChatRole::Assistant,
+                    parts: vec![Part::ToolCall {
+                        id: "call_1".into(),
+                        name: "execute".into(),
+                        arguments: "{}".into(),
+                    }],
+                },
+                ChatMessage {
+                    role: ChatRole::User,
+                    parts: vec![Part::ToolResult {
+                        id: "call_1".into(),
+                        content: "done".into(),
+                        images: vec![Part::Image {
+                            media_type: "image/png".into(),
+                            data: "AAA".into(),
+                        }],
+                    }],
+                },
+            ],
+            tools: vec![Tool {
+                name: "execute".into(),
+                description: "d".into(),
+                parameters: json!({"type": "object"}),
+            }],
+            max_tokens: Some(100),
+            temperature: None,
+        };
+        let body = wire_request(&request, false);
+        assert_eq!(
+            body["messages"][0],
+            json!({"role": "system", "content": "sys"})
+        );
+        assert_eq!(
+            body["messages"][1],
+            json!({"role": "user", "content": "plot"})
+        );
+        assert_eq!(body["messages"][2]["content"], Value::Null);
+        assert_eq!(body["messages"][2]["tool_calls"][0]["id"], "call_1");
+        assert_eq!(
+            body["messages"][3],
+            json!({"role": "tool", "tool_call_id": "call_1", "content": "done"})
+        );
+        assert_eq!(
+            body["messages"][4]["content"][0]["image_url"]["url"],
+            "data:image/png;base64,AAA"
+        );
+        assert_eq!(body["max_tokens"], 100);
+        assert_eq!(body["tools"][0]["function"]["name"], "execute");
+        assert!(wire_request(&request, true)
+            .get("max_completion_tokens")
+            .is_some());
+    }
+
+    #[test]
+    fn chunks_decode_to_events() {
+        let mut d = ChunkDecoder::default();
+        let frame = |data: &str| sse::SseFrame {
+            event: None,
+            data: data.into(),
+        };
+        let events = d
+            .frame(frame(r#"{"choices":[{"delta":{"content":"Hi"}}]}"#))
+            .unwrap();
+        assert_eq!(events, vec![StreamEvent::TextDelta("Hi".into())]);
+        let events = d
+            .frame(frame(
+                r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"execute","arguments":"{\"a"}}]},"finish_reason":"tool_calls"}]}"#,
+            ))
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        assert!(d.end().is_ok());
+        let mut d = ChunkDecoder::default();
+        assert!(matches!(d.end(), Err(LlmError::Truncated { .. })));
+        assert!(matches!(
+            d.frame(frame("{not json")),
+            Err(LlmError::Malformed { .. })
+        ));
+    }
+}

@@ -1,0 +1,554 @@
+//! What the model is sent: the system message (the environment, the languages, how to
+//! run code, custom instructions), the conversation translated from LMC messages into
+//! the neutral chat shape for function or text mode, and trimming to the context window.
+//!
+//! Knows the sandbox's configuration and LMC; knows nothing of any provider's wire format.
+
+use serde_json::json;
+
+use crate::core::code_interpreter::{Backend, LanguageKind, SandboxConfig};
+use crate::core::llm::tokens::{TokenCounter, PER_IMAGE, PER_MESSAGE};
+use crate::core::llm::{ChatMessage, ChatRequest, ChatRole, Part, Tool};
+use crate::core::messages::{Message, MessageType, Role};
+
+/// The name of the one tool offered in function mode.
+pub const TOOL_NAME: &str = "execute";
+
+/// What the model is told when a block was declined.
+pub const DECLINED: &str = "The user declined to run this code.";
+
+/// The conversation with a token count per message, kept in step.
+#[derive(Debug, Clone)]
+pub struct History {
+    messages: Vec<Message>,
+    tokens: Vec<usize>,
+    counter: TokenCounter,
+}
+
+impl History {
+    pub fn new(counter: TokenCounter) -> Self {
+        History {
+            messages: Vec::new(),
+            tokens: Vec::new(),
+            counter,
+        }
+    }
+
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+
+    pub fn push(&mut self, message: Message) {
+        self.tokens.push(self.count(&message));
+        self.messages.push(message);
+    }
+
+    pub fn replace(&mut self, messages: Vec<Message>) {
+        self.tokens = messages.iter().map(|m| self.count(m)).collect();
+        self.messages = messages;
+    }
+
+    pub fn truncate(&mut self, len: usize) {
+        self.messages.truncate(len);
+        self.tokens.truncate(len);
+    }
+
+    /// Replaces the content of the last message (an edited block).
+    pub fn set_last_content(&mut self, content: String) {
+        if let Some(last) = self.messages.last_mut() {
+            last.content = content;
+            let n = self.count(self.messages.last().unwrap());
+            *self.tokens.last_mut().unwrap() = n;
+        }
+    }
+
+    pub fn total_tokens(&self) -> usize {
+        self.tokens.iter().sum()
+    }
+
+    pub fn counter(&self) -> &TokenCounter {
+        &self.counter
+    }
+
+    fn count(&self, message: &Message) -> usize {
+        PER_MESSAGE
+            + match message.kind {
+                MessageType::Image => PER_IMAGE,
+                _ => self.counter.count(&message.content),
+            }
+    }
+}
+
+/// How a request is shaped.
+#[derive(Debug, Clone)]
+pub struct Shape<'a> {
+    pub model: &'a str,
+    pub system: &'a str,
+    pub functions: bool,
+    pub vision: bool,
+    pub context_window: usize,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub languages: &'a [String],
+}
+
+/// A request and what trimming dropped from it.
+#[derive(Debug)]
+pub struct Prepared {
+    pub request: ChatRequest,
+    /// Messages left out, oldest first, to fit the window.
+    pub dropped: usize,
+    /// Tokens counted for what was sent (system, tools, messages).
+    pub tokens: usize,
+}
+
+/// Builds the request: trims the oldest exchanges (a user message and everything up to
+/// the next one) until the rest fits the window minus the reply budget. The system
+/// message and the latest exchange are always sent.
+pub fn prepare(history: &History, shape: &Shape<'_>) -> Prepared {
+    let tools = if shape.functions {
+        vec![execute_tool(shape.languages)]
+    } else {
+        Vec::new()
+    };
+    let counter = history.counter();
+    let fixed = PER_MESSAGE
+        + counter.count(shape.system)
+        + tools
+            .iter()
+            .map(|t| counter.count(&t.parameters.to_string()) + counter.count(&t.description))
+            .sum::<usize>();
+    let reply = shape
+        .max_tokens
+        .map(|t| t as usize)
+        .unwrap_or_else(|| (shape.context_window / 4).min(4096));
+    let budget = shape.context_window.saturating_sub(reply);
+    let messages = history.messages();
+    let starts: Vec<usize> = messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.role == Role::User)
+        .map(|(i, _)| i)
+        .collect();
+    let mut total = fixed + history.total_tokens();
+    let latest = starts.last().copied().unwrap_or(0);
+    let mut from = 0;
+    for &start in starts.iter().filter(|&&s| s > 0) {
+        if total <= budget {
+            break;
+        }
+        total -= history.tokens[from..start].iter().sum::<usize>();
+        from = start;
+        if start == latest {
+            break;
+        }
+    }
+    let request = ChatRequest {
+        model: shape.model.to_string(),
+        system: shape.system.to_string(),
+        messages: to_chat(&messages[from..], shape.functions, shape.vision, from),
+        tools,
+        max_tokens: shape.max_tokens,
+        temperature: shape.temperature,
+    };
+    Prepared {
+        request,
+        dropped: from,
+        tokens: total,
+    }
+}
+
+/// The `execute` tool, its language list being the enabled languages.
+pub fn execute_tool(languages: &[String]) -> Tool {
+    Tool {
+        name: TOOL_NAME.into(),
+        description: "Run code in the sandbox and get its output. State persists between \
+                      calls of the same language (variables, imports, working directory)."
+            .into(),
+        parameters: json!({
+            "type": "object",
+            "properties": {
+                "language": {"type": "string", "enum": languages,
+                             "description": "The language of the code."},
+                "code": {"type": "string", "description": "The code to run."}
+            },
+            "required": ["language", "code"]
+        }),
+    }
+}
+
+/// Translates LMC messages into chat messages. In function mode a code message becomes
+/// an `execute` call and the console and image messages after it its result; in text
+/// mode code is a fenced block and output a user message. `offset` keeps call ids stable
+/// when old messages were trimmed.
+pub fn to_chat(
+    messages: &[Message],
+    functions: bool,
+    vision: bool,
+    offset: usize,
+) -> Vec<ChatMessage> {
+    let mut out: Vec<ChatMessage> = Vec::new();
+    let mut push = |role: ChatRole, part: Part| match out.last_mut() {
+        Some(last) if last.role == role => last.parts.push(part),
+        _ => out.push(ChatMessage {
+            role,
+            parts: vec![part],
+        }),
+    };
+    let mut i = 0;
+    while i < messages.len() {
+        let m = &messages[i];
+        match (m.role, m.kind) {
+            (Role::Assistant, MessageType::Code) => {
+                let language = m.format.clone().unwrap_or_default();
+                // The output that belongs to this block.
+                let mut j = i + 1;
+                let mut output = String::new();
+                let mut images = Vec::new();
+                let mut ran = false;
+                while j < messages.len() && messages[j].role == Role::Computer {
+                    match messages[j].kind {
+                        MessageType::Console => {
+                            ran = true;
+                            output.push_str(&messages[j].content);
+                        }
+                        MessageType::Image => {
+                            ran = true;
+                            images.push(image_part(&messages[j], vision));
+                        }
+                        _ => {}
+                    }
+                    j += 1;
+                }
+                if !ran {
+                    output = "(this code was not run)".into();
+                } else if output.is_empty() {
+                    output = "(no output)".into();
+                }
+                if functions {
+                    let id = format!("call_{}", offset + i);
+                    push(
+                        ChatRole::Assistant,
+                        Part::ToolCall {
+                            id: id.clone(),
+                            name: TOOL_NAME.into(),
+                            arguments: json!({"language": language, "code": m.content}).to_string(),
+                        },
+                    );
+                    let (pictures, notes): (Vec<Part>, Vec<Part>) = images
+                        .into_iter()
+                        .partition(|p| matches!(p, Part::Image { .. }));
+                    for note in notes {
+                        if let Part::Text(t) = note {
+                            output.push('\n');
+                            output.push_str(&t);
+                        }
+                    }
+                    push(
+                        ChatRole::User,
+                        Part::ToolResult {
+                            id,
+                            content: output,
+                            images: pictures,
+                        },
+                    );
+                } else {
+                    push(
+                        ChatRole::Assistant,
+                        Part::Text(format!(
+                            "```{language}\n{}\n```",
+                            m.content.trim_end_matches('\n')
+                        )),
+                    );
+                    push(
+                        ChatRole::User,
+                        Part::Text(format!("Code output:\n{output}")),
+                    );
+                    for image in images {
+                        push(ChatRole::User, image);
+                    }
+                }
+                i = j;
+                continue;
+            }
+            (Role::User, MessageType::Image) | (Role::Computer, MessageType::Image) => {
+                push(ChatRole::User, image_part(m, vision))
+            }
+            (Role::User, _) => push(ChatRole::User, Part::Text(m.content.clone())),
+            (Role::Assistant, _) => push(ChatRole::Assistant, Part::Text(m.content.clone())),
+            // Output with no block before it (a block run by the user directly).
+            (Role::Computer, _) => push(
+                ChatRole::User,
+                Part::Text(format!("Output:\n{}", m.content)),
+            ),
+        }
+        i += 1;
+    }
+    out
+}
+
+fn image_part(m: &Message, vision: bool) -> Part {
+    let format = m.format.as_deref().unwrap_or("");
+    match format.strip_prefix("base64.") {
+        Some(kind) if vision => Part::Image {
+            media_type: format!("image/{kind}"),
+            data: m.content.clone(),
+        },
+        Some(kind) => Part::Text(format!(
+            "[The code displayed an image ({}, {} KB). The user can see it; you cannot.]",
+            kind.to_uppercase(),
+            m.content.len() * 3 / 4 / 1024
+        )),
+        None => Part::Text(format!("[image: {}]", m.content)),
+    }
+}
+
+/// oi's system message for a sandbox configuration.
+pub fn system_message(sandbox: &SandboxConfig, functions: bool, max_output: usize) -> String {
+    let mut s = String::from(
+        "You are oi (Open Interpreter), a world-class programmer who completes any goal by \
+         running code. When you run code, it is executed for real and you see its output.\n\n\
+         Environment:\n",
+    );
+    match sandbox.backend {
+        Backend::Docker => {
+            s.push_str(
+                "- Code runs in a sandboxed Linux container (Debian 12), not on the user's own \
+                 machine, as an unprivileged user.\n- Working directory: /workspace.\n",
+            );
+            if sandbox.hardening.network {
+                s.push_str("- Network access is on.\n");
+            } else {
+                s.push_str(
+                    "- There is no network access: installing packages or fetching URLs will \
+                     fail, so work with what is installed.\n",
+                );
+            }
+            if sandbox.image.is_none() {
+                s.push_str(
+                    "- Python has numpy, pandas and matplotlib; figures you show are displayed \
+                     to the user.\n",
+                );
+            }
+        }
+        Backend::Host => {
+            s.push_str(
+                "- Code runs directly on the user's computer (unsafe mode): be careful, and \
+                 never delete or overwrite anything without being asked.\n",
+            );
+            if let Some(dir) = &sandbox.host_workdir {
+                s.push_str(&format!("- Working directory: {}.\n", dir.display()));
+            }
+        }
+    }
+    s.push_str("- Languages:\n");
+    for language in sandbox.languages.iter() {
+        let how = match &language.kind {
+            LanguageKind::Python => {
+                "stateful like a Jupyter notebook: variables and imports persist between \
+                 blocks, and the value of a final expression is shown"
+            }
+            LanguageKind::Shell => {
+                "bash; the working directory and variables persist between blocks"
+            }
+            LanguageKind::File { .. } => "each block runs as a separate program",
+        };
+        s.push_str(&format!("  - {}: {how}\n", language.name));
+    }
+    s.push_str(&format!(
+        "- stdin is closed: programs cannot read input, so never call input().\n\
+         - Output longer than {max_output} characters is cut in the middle.\n\n"
+    ));
+    if functions {
+        s.push_str(&format!(
+            "To run code, call the `{TOOL_NAME}` tool with the language and the code.\n"
+        ));
+    } else {
+        s.push_str(
+            "To run code, write it in a fenced markdown block tagged with its language, for \
+             example:\n```python\nprint(6 * 7)\n```\nThe block runs as soon as you close it, and \
+             its output comes back in the next message. Write at most one block per reply. \
+             Blocks tagged text, json or output are shown, not run.\n",
+        );
+    }
+    s.push_str(
+        "Work in small steps and check each result before going on. When the task is done, \
+         reply to the user in plain words without code.",
+    );
+    s
+}
+
+/// Console output as the model will get it: at most `max` characters, the middle cut
+/// with a note saying how much. Keeps only what it will return, so a flood of output
+/// costs bounded memory.
+#[derive(Debug)]
+pub struct OutputBuffer {
+    max: usize,
+    head: String,
+    tail: String,
+    total: usize,
+}
+
+impl OutputBuffer {
+    pub fn new(max: usize) -> Self {
+        OutputBuffer {
+            max,
+            head: String::new(),
+            tail: String::new(),
+            total: 0,
+        }
+    }
+
+    pub fn push(&mut self, text: &str) {
+        self.total += text.chars().count();
+        let head_room = self.max / 2 - self.head.chars().count().min(self.max / 2);
+        let (to_head, rest) = split_chars(text, head_room);
+        self.head.push_str(to_head);
+        self.tail.push_str(rest);
+        let keep = self.max - self.max / 2;
+        // Shrink in batches so a long stream of small pieces stays linear.
+        if self.tail.len() > 2 * keep.max(1024) * 4 {
+            let count = self.tail.chars().count();
+            if count > keep {
+                let (_, kept) = split_chars(&self.tail, count - keep);
+                self.tail = kept.to_string();
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    pub fn finish(self) -> String {
+        if self.total <= self.max {
+            return self.head + &self.tail;
+        }
+        let keep = self.max - self.max / 2;
+        let count = self.tail.chars().count();
+        let (_, tail) = split_chars(&self.tail, count.saturating_sub(keep));
+        let cut = self.total - self.head.chars().count() - tail.chars().count();
+        format!(
+            "{}\n[… {cut} characters cut: the output had {} characters; showing the first {} \
+             and the last {}]\n{}",
+            self.head,
+            self.total,
+            self.head.chars().count(),
+            tail.chars().count(),
+            tail
+        )
+    }
+}
+
+/// Splits after `n` characters.
+fn split_chars(text: &str, n: usize) -> (&str, &str) {
+    match text.char_indices().nth(n) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, ""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::messages::Message;
+
+    fn history(messages: Vec<Message>) -> History {
+        let mut h = History::new(TokenCounter::Estimate);
+        h.replace(messages);
+        h
+    }
+
+    fn shape(window: usize) -> Shape<'static> {
+        Shape {
+            model: "m",
+            system: "sys",
+            functions: false,
+            vision: false,
+            context_window: window,
+            max_tokens: Some(10),
+            temperature: None,
+            languages: &[],
+        }
+    }
+
+    #[test]
+    fn code_and_output_become_a_call_and_its_result() {
+        let chat = to_chat(
+            &[
+                Message::user("go"),
+                Message::assistant("ok"),
+                Message::code("python", "x = 6*7"),
+                Message::console(""),
+                Message::code("python", "print(x)"),
+                Message::console("42\n"),
+                Message::image("png", "AAAA"),
+                Message::code("shell", "ls"),
+            ],
+            true,
+            false,
+            0,
+        );
+        assert_eq!(chat.len(), 7);
+        assert!(matches!(&chat[1].parts[1], Part::ToolCall { id, .. } if id == "call_2"));
+        assert!(
+            matches!(&chat[2].parts[0], Part::ToolResult { content, .. } if content == "(no output)")
+        );
+        assert!(matches!(&chat[4].parts[0], Part::ToolResult { content, .. }
+            if content.starts_with("42\n\n[The code displayed an image (PNG")));
+        assert!(
+            matches!(&chat[6].parts[0], Part::ToolResult { content, .. } if content == "(this code was not run)")
+        );
+        let text = to_chat(
+            &[Message::code("python", "1"), Message::console("1\n")],
+            false,
+            false,
+            0,
+        );
+        assert_eq!(text[0].parts[0], Part::Text("```python\n1\n```".into()));
+        assert_eq!(text[1].parts[0], Part::Text("Code output:\n1\n".into()));
+    }
+
+    #[test]
+    fn trimming_drops_the_oldest_exchanges_and_keeps_the_latest() {
+        let big = "x".repeat(400); // 100 tokens each
+        let h = history(vec![
+            Message::user(&big),
+            Message::assistant(&big),
+            Message::user(&big),
+            Message::assistant(&big),
+            Message::user("last"),
+        ]);
+        let all = prepare(&h, &shape(10_000));
+        assert_eq!(all.dropped, 0);
+        assert_eq!(all.tokens, 5 + 4 * 104 + 5);
+        let trimmed = prepare(&h, &shape(300));
+        assert_eq!(trimmed.dropped, 2);
+        assert_eq!(trimmed.request.messages.len(), 3);
+        let latest = prepare(&h, &shape(200));
+        assert_eq!(latest.dropped, 4);
+        assert_eq!(latest.request.messages.len(), 1);
+        // The latest exchange is sent even when it alone is too long.
+        let tiny = prepare(&h, &shape(5));
+        assert_eq!(tiny.dropped, 4);
+        assert_eq!(
+            tiny.request.messages,
+            vec![ChatMessage::text(ChatRole::User, "last")]
+        );
+    }
+
+    #[test]
+    fn long_output_keeps_its_head_and_tail() {
+        let mut b = OutputBuffer::new(100);
+        for i in 0..10_000 {
+            b.push(&format!("{i}\n"));
+        }
+        let out = b.finish();
+        assert!(out.starts_with("0\n1\n2\n"), "{out}");
+        assert!(out.ends_with("9998\n9999\n"), "{out}");
+        assert!(out.contains("characters cut: the output had 48890 characters; showing the first 50 and the last 50"), "{out}");
+        let mut b = OutputBuffer::new(100);
+        b.push("short");
+        assert_eq!(b.finish(), "short");
+    }
+}

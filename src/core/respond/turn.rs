@@ -1,0 +1,907 @@
+//! One turn: ask the model, stream its reply, run the blocks it asks for, feed the
+//! output back, until it answers without code.
+//!
+//! Everything here honours the turn's cancellation token (the user's interrupt) with the
+//! cancel branch first, and leaves the conversation consistent whatever stops it: partial
+//! prose is kept, a block's output is recorded even when interrupted, a failed request
+//! records nothing of its own.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::prompt::{self, OutputBuffer, DECLINED};
+use super::{Answer, Event, SessionSlot, TurnEnd, Worker};
+use crate::core::code_interpreter::{ExecEvent, ExecOutcome, ExecRequest, ExecStatus, Session};
+use crate::core::llm::repair::{self, CodeRequest, FenceParser, TextPiece};
+use crate::core::llm::{EventStream, LlmError, StreamEvent};
+use crate::core::messages::{Chunk, Message, MessageType, Role, FORMAT_OUTPUT};
+
+/// Why a step stopped the turn early.
+enum Stop {
+    Interrupted,
+    Model(LlmError),
+    Sandbox(String),
+}
+
+/// A block the model asked for, before it is checked.
+struct Block {
+    request: CodeRequest,
+    /// Its chunks have already been streamed (start and content; end too if `closed`).
+    streamed_as: Option<String>,
+    closed: bool,
+    /// Why it cannot run (an unreadable call), to tell the model instead.
+    problem: Option<String>,
+}
+
+/// The blocks of one reply.
+struct Reply {
+    blocks: Vec<Block>,
+}
+
+/// How many characters of a reply decide whether it may be a tool call written as text.
+const HOLD_DECISION: usize = 24;
+
+impl Worker {
+    pub(super) async fn turn(&mut self, text: String) -> TurnEnd {
+        let cancel = CancellationToken::new();
+        *self.cancel.lock().unwrap() = cancel.clone();
+        let user = Message::user(text);
+        self.history.push(user.clone());
+        self.emit(Event::Message(user)).await;
+
+        for _ in 0..self.config.max_iterations {
+            let reply = match self.model_reply(&cancel).await {
+                Ok(reply) => reply,
+                Err(stop) => return self.stopped(stop).await,
+            };
+            if reply.blocks.is_empty() {
+                return TurnEnd::Finished;
+            }
+            for block in reply.blocks {
+                match self.run_block(block, &cancel).await {
+                    Ok(true) => {}
+                    Ok(false) => return TurnEnd::Declined,
+                    Err(stop) => return self.stopped(stop).await,
+                }
+            }
+        }
+        let message = format!(
+            "Stopped after {} model replies in one turn without a final answer (the iteration \
+             cap, max_iterations). Send a message such as \"continue\" to let it go on.",
+            self.config.max_iterations
+        );
+        self.emit(Event::Error {
+            kind: "iteration_cap".into(),
+            message,
+        })
+        .await;
+        TurnEnd::IterationCap
+    }
+
+    async fn stopped(&mut self, stop: Stop) -> TurnEnd {
+        match stop {
+            Stop::Interrupted => TurnEnd::Interrupted,
+            Stop::Model(error) => {
+                self.emit(Event::Error {
+                    kind: error.kind().into(),
+                    message: error.to_string(),
+                })
+                .await;
+                TurnEnd::ModelError
+            }
+            Stop::Sandbox(message) => {
+                self.emit(Event::Error {
+                    kind: "sandbox".into(),
+                    message,
+                })
+                .await;
+                TurnEnd::SandboxError
+            }
+        }
+    }
+
+    /// Asks the model, retrying passing failures while nothing has been shown.
+    async fn model_reply(&mut self, cancel: &CancellationToken) -> Result<Reply, Stop> {
+        let mut retries = 0;
+        loop {
+            let system = self.system_message();
+            let prepared = prompt::prepare(&self.history, &self.shape(&system));
+            if prepared.dropped != self.last_dropped {
+                self.last_dropped = prepared.dropped;
+                if prepared.dropped > 0 {
+                    self.emit(Event::Notice(format!(
+                        "The conversation no longer fits the model's context window ({} tokens): \
+                         the oldest {} messages are not sent.",
+                        self.traits.context_window, prepared.dropped
+                    )))
+                    .await;
+                }
+            }
+            let started = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(Stop::Interrupted),
+                r = self.provider.stream(prepared.request) => r,
+            };
+            let error = match started {
+                Ok(stream) => match self.read_reply(stream, cancel).await {
+                    Ok(reply) => return Ok(reply),
+                    Err(ReadFailure { stop, shown: true }) => return Err(stop),
+                    Err(ReadFailure {
+                        stop: Stop::Model(e),
+                        shown: false,
+                    }) => e,
+                    Err(ReadFailure { stop, .. }) => return Err(stop),
+                },
+                Err(e) => e,
+            };
+            if matches!(error, LlmError::ToolsUnsupported { .. }) && self.functions {
+                self.functions = false;
+                self.emit(Event::Notice(format!(
+                    "{error}. Switched to text mode: the model writes code in fenced blocks."
+                )))
+                .await;
+                continue;
+            }
+            if !error.is_retryable() || retries >= self.config.retry.max_retries {
+                return Err(Stop::Model(error));
+            }
+            retries += 1;
+            let wait = self.backoff(retries, &error);
+            self.emit(Event::Notice(format!(
+                "{}; retrying in {:.1} s (retry {retries} of {})",
+                first_line(&error.to_string()),
+                wait.as_secs_f64(),
+                self.config.retry.max_retries
+            )))
+            .await;
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(Stop::Interrupted),
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    fn backoff(&self, retry: u32, error: &LlmError) -> Duration {
+        let policy = self.config.retry;
+        let doubled = policy
+            .initial_backoff
+            .saturating_mul(2u32.saturating_pow(retry - 1))
+            .min(policy.max_backoff);
+        match error {
+            LlmError::RateLimited {
+                retry_after: Some(after),
+                ..
+            } => (*after).min(Duration::from_secs(60)),
+            _ => doubled,
+        }
+    }
+
+    /// Streams one reply to the front end and records its prose. Code blocks are
+    /// returned, not recorded: they are recorded once confirmed.
+    async fn read_reply(
+        &mut self,
+        mut stream: EventStream,
+        cancel: &CancellationToken,
+    ) -> Result<Reply, ReadFailure> {
+        let mut r = ReplyReader::new(!self.functions);
+        let outcome = loop {
+            let next = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break Err(Stop::Interrupted),
+                next = stream.next() => next,
+            };
+            let event = match next {
+                None => {
+                    break Err(Stop::Model(LlmError::Truncated {
+                        detail: "the stream ended without a finish".into(),
+                    }))
+                }
+                Some(Err(e)) => break Err(Stop::Model(e)),
+                Some(Ok(event)) => event,
+            };
+            match event {
+                StreamEvent::TextDelta(text) => {
+                    for event in r.text(&text, self) {
+                        self.emit(event).await;
+                    }
+                    if r.text_block_done {
+                        // Text mode runs the first block; what follows would be invented output.
+                        break Ok(());
+                    }
+                }
+                StreamEvent::ToolCallDelta {
+                    index,
+                    id: _,
+                    name,
+                    arguments,
+                } => {
+                    for event in r.tool_delta(index, name, &arguments, self) {
+                        self.emit(event).await;
+                    }
+                }
+                StreamEvent::Finished { usage, .. } => {
+                    if let Some(u) = usage {
+                        self.usage.input_tokens += u.input_tokens;
+                        self.usage.output_tokens += u.output_tokens;
+                    }
+                    break Ok(());
+                }
+            }
+        };
+        drop(stream);
+        let complete = outcome.is_ok();
+        for event in r.finish(complete, self) {
+            self.emit(event).await;
+        }
+        if let Some(prose) = r.prose_message() {
+            self.history.push(prose.clone());
+            self.emit(Event::Message(prose)).await;
+        }
+        match outcome {
+            Ok(()) => Ok(Reply { blocks: r.blocks }),
+            Err(stop) => Err(ReadFailure {
+                stop,
+                shown: r.shown,
+            }),
+        }
+    }
+
+    /// Checks, confirms and runs one block. `Ok(false)`: the user declined.
+    async fn run_block(&mut self, block: Block, cancel: &CancellationToken) -> Result<bool, Stop> {
+        let (language, problem) = match &block.problem {
+            Some(problem) => (
+                block
+                    .request
+                    .language
+                    .clone()
+                    .unwrap_or_else(|| "unknown".into()),
+                Some(problem.clone()),
+            ),
+            None => self.check(&block.request),
+        };
+        let format = block
+            .streamed_as
+            .clone()
+            .unwrap_or_else(|| language.clone());
+        if block.streamed_as.is_none() {
+            self.emit(Event::Chunk(Chunk::start(
+                Role::Assistant,
+                MessageType::Code,
+                Some(format.clone()),
+            )))
+            .await;
+            self.emit(Event::Chunk(Chunk::content(
+                Role::Assistant,
+                MessageType::Code,
+                Some(format.clone()),
+                block.request.code.clone(),
+            )))
+            .await;
+        }
+        if !block.closed {
+            self.emit(Event::Chunk(Chunk::end(
+                Role::Assistant,
+                MessageType::Code,
+                Some(format),
+            )))
+            .await;
+        }
+        let mut code = block.request.code.clone();
+        if let Some(problem) = problem {
+            self.record(Message::code(language, code)).await;
+            self.console(problem).await;
+            return Ok(true);
+        }
+        if !self.auto_run {
+            match self.confirm(&language, &code, cancel).await? {
+                Answer::Run => {}
+                Answer::Always => self.auto_run = true,
+                Answer::Edit(edited) => code = edited,
+                Answer::Decline => {
+                    self.record(Message::code(language, code)).await;
+                    self.console(DECLINED.into()).await;
+                    return Ok(false);
+                }
+            }
+        }
+        self.record(Message::code(language.clone(), code.clone()))
+            .await;
+        self.execute(language, code, cancel).await
+    }
+
+    /// The language to run and, if the block cannot run, what to tell the model.
+    fn check(&self, request: &CodeRequest) -> (String, Option<String>) {
+        let languages = &self.config.sandbox.languages;
+        let default = self
+            .languages
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "python".into());
+        let language = match request
+            .language
+            .as_deref()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
+            None => default,
+            Some(name) => match languages.resolve(name) {
+                Ok(l) => l.name.clone(),
+                Err(_) => {
+                    return (
+                        name.to_string(),
+                        Some(format!(
+                        "Nothing ran: `{name}` is not a language available here. Available: {}.",
+                        self.languages.join(", ")
+                    )),
+                    )
+                }
+            },
+        };
+        if request.code.trim().is_empty() {
+            return (
+                language,
+                Some("Nothing ran: the code block was empty.".into()),
+            );
+        }
+        (language, None)
+    }
+
+    async fn confirm(
+        &mut self,
+        language: &str,
+        code: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Answer, Stop> {
+        // Answers sent when nothing was pending are stale.
+        while self.answers.try_recv().is_ok() {}
+        self.emit(Event::Confirmation {
+            language: language.into(),
+            code: code.into(),
+        })
+        .await;
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(Stop::Interrupted),
+            answer = self.answers.recv() => answer.ok_or(Stop::Interrupted),
+        }
+    }
+
+    async fn record(&mut self, message: Message) {
+        self.history.push(message.clone());
+        self.emit(Event::Message(message)).await;
+    }
+
+    /// Records computer output the loop wrote itself (not from running code).
+    async fn console(&mut self, text: String) {
+        for chunk in Message::console(text.clone()).chunks() {
+            self.emit(Event::Chunk(chunk)).await;
+        }
+        self.record(Message::console(text)).await;
+    }
+
+    /// Runs a confirmed block and records its output. `Ok(true)` lets the turn go on.
+    async fn execute(
+        &mut self,
+        language: String,
+        code: String,
+        cancel: &CancellationToken,
+    ) -> Result<bool, Stop> {
+        let session = match self.ready_session(cancel).await {
+            Ok(session) => session,
+            Err(stop) => {
+                let why = match &stop {
+                    Stop::Sandbox(message) => format!("(not run: {})", first_line(message)),
+                    _ => "(not run: interrupted)".into(),
+                };
+                self.console(why).await;
+                return Err(stop);
+            }
+        };
+        let mut execution = match session
+            .execute(ExecRequest::new(&language, code), cancel)
+            .await
+        {
+            Ok(execution) => execution,
+            Err(e) => {
+                let message = format!("The sandbox could not run the block: {e}");
+                self.console(format!("(not run: {e})")).await;
+                return Err(Stop::Sandbox(message));
+            }
+        };
+        let mut buffer = OutputBuffer::new(self.config.max_output);
+        let mut started = false;
+        let mut outcome = None;
+        while let Some(event) = execution.next_event().await {
+            let text = match event {
+                ExecEvent::Stdout { text } | ExecEvent::Stderr { text } => text,
+                ExecEvent::Notice { message } => format!("[oi: {message}]\n"),
+                ExecEvent::Image { format, data } => {
+                    let image = Message::image(
+                        &format,
+                        base64::engine::general_purpose::STANDARD.encode(&data),
+                    );
+                    for chunk in image.chunks() {
+                        self.emit(Event::Chunk(chunk)).await;
+                    }
+                    self.record(image).await;
+                    continue;
+                }
+                ExecEvent::Done(done) => {
+                    outcome = Some(done);
+                    continue;
+                }
+            };
+            if !started {
+                started = true;
+                self.emit(Event::Chunk(console_chunk(None, true, false)))
+                    .await;
+            }
+            buffer.push(&text);
+            self.emit(Event::Chunk(console_chunk(Some(text), false, false)))
+                .await;
+        }
+        let outcome = outcome.unwrap_or(ExecOutcome {
+            status: ExecStatus::Crashed,
+            exit_code: None,
+            message: Some("the sandbox stopped answering".into()),
+        });
+        if let Some(note) = outcome_note(&outcome) {
+            let note = if buffer.is_empty() {
+                note
+            } else {
+                format!("\n{note}")
+            };
+            if !started {
+                started = true;
+                self.emit(Event::Chunk(console_chunk(None, true, false)))
+                    .await;
+            }
+            buffer.push(&note);
+            self.emit(Event::Chunk(console_chunk(Some(note), false, false)))
+                .await;
+        }
+        if started {
+            self.emit(Event::Chunk(console_chunk(None, false, true)))
+                .await;
+        }
+        self.record(Message::console(buffer.finish())).await;
+        if outcome.status == ExecStatus::Interrupted && cancel.is_cancelled() {
+            return Err(Stop::Interrupted);
+        }
+        Ok(true)
+    }
+
+    /// The open session, waiting for it to finish opening (or opening it again after a
+    /// failure).
+    async fn ready_session(&mut self, cancel: &CancellationToken) -> Result<&mut Session, Stop> {
+        if matches!(self.session, SessionSlot::Empty) {
+            self.open_session();
+        }
+        if let SessionSlot::Opening(handle) = &mut self.session {
+            let opened = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(Stop::Interrupted),
+                r = handle => r,
+            };
+            match opened {
+                Ok(Ok(session)) => self.session = SessionSlot::Ready(Box::new(session)),
+                Ok(Err(e)) => {
+                    self.session = SessionSlot::Empty;
+                    return Err(Stop::Sandbox(format!("The sandbox could not start: {e}")));
+                }
+                Err(e) => {
+                    self.session = SessionSlot::Empty;
+                    return Err(Stop::Sandbox(format!("The sandbox could not start: {e}")));
+                }
+            }
+        }
+        match &mut self.session {
+            SessionSlot::Ready(session) => Ok(session),
+            _ => Err(Stop::Sandbox("The sandbox is not open".into())),
+        }
+    }
+}
+
+struct ReadFailure {
+    stop: Stop,
+    /// Whether the front end was shown any of the reply (then it is not retried).
+    shown: bool,
+}
+
+fn console_chunk(content: Option<String>, start: bool, end: bool) -> Chunk {
+    Chunk {
+        role: Role::Computer,
+        kind: MessageType::Console,
+        format: Some(FORMAT_OUTPUT.into()),
+        content,
+        start,
+        end,
+    }
+}
+
+/// What the model and the user are told about how a block ended, beyond its output.
+fn outcome_note(outcome: &ExecOutcome) -> Option<String> {
+    let detail = outcome
+        .message
+        .as_deref()
+        .map(|m| format!(": {m}"))
+        .unwrap_or_default();
+    match outcome.status {
+        ExecStatus::Ok => None,
+        // A Python traceback speaks for itself; a shell's status does not.
+        ExecStatus::Error => match outcome.exit_code {
+            Some(code) if code != 0 && outcome.message.is_none() => {
+                Some(format!("[exit code {code}]"))
+            }
+            _ if outcome.message.is_some() => Some(format!("[error{detail}]")),
+            _ => None,
+        },
+        ExecStatus::Interrupted => Some("[interrupted by the user]".into()),
+        ExecStatus::TimedOut => Some(format!("[timed out{detail}]")),
+        ExecStatus::Crashed => Some(format!(
+            "[the interpreter stopped{detail}; its state (variables, imports) was lost]"
+        )),
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or(text)
+}
+
+/// The state of one streaming reply: prose (possibly held back in case it is a tool
+/// call written as text), text-mode fences, and tool calls being assembled.
+struct ReplyReader {
+    text_mode: bool,
+    fence: FenceParser,
+    /// Prose shown so far.
+    prose: String,
+    prose_open: bool,
+    /// Prose not shown yet: it may turn out to be a tool call.
+    held: String,
+    hold: Option<bool>,
+    /// Text mode: the block being streamed.
+    text_block: Option<(String, String, Option<String>)>,
+    text_block_done: bool,
+    calls: Vec<Call>,
+    blocks: Vec<Block>,
+    shown: bool,
+}
+
+#[derive(Default)]
+struct Call {
+    name: String,
+    arguments: String,
+    /// The format its code chunks were started with, if streaming live.
+    streamed_as: Option<String>,
+    streamed_len: usize,
+}
+
+impl ReplyReader {
+    fn new(text_mode: bool) -> Self {
+        ReplyReader {
+            text_mode,
+            fence: FenceParser::default(),
+            prose: String::new(),
+            prose_open: false,
+            held: String::new(),
+            hold: None,
+            text_block: None,
+            text_block_done: false,
+            calls: Vec::new(),
+            blocks: Vec::new(),
+            shown: false,
+        }
+    }
+
+    fn text(&mut self, delta: &str, worker: &Worker) -> Vec<Event> {
+        let mut out = Vec::new();
+        if !self.text_mode {
+            self.prose_piece(delta, &mut out);
+            return out;
+        }
+        for piece in self.fence.feed(delta) {
+            self.fence_piece(piece, worker, &mut out);
+        }
+        out
+    }
+
+    fn fence_piece(&mut self, piece: TextPiece, worker: &Worker, out: &mut Vec<Event>) {
+        match piece {
+            TextPiece::Prose(text) => self.prose_piece(&text, out),
+            TextPiece::CodeStart { language } => {
+                self.release_held(out);
+                self.close_prose(out);
+                let format = worker
+                    .config
+                    .sandbox
+                    .languages
+                    .resolve(&language)
+                    .map(|l| l.name.clone())
+                    .unwrap_or_else(|_| {
+                        if language.is_empty() {
+                            worker.languages.first().cloned().unwrap_or_default()
+                        } else {
+                            language.clone()
+                        }
+                    });
+                out.push(Event::Chunk(Chunk::start(
+                    Role::Assistant,
+                    MessageType::Code,
+                    Some(format.clone()),
+                )));
+                self.shown = true;
+                let raw = (!language.is_empty()).then_some(language);
+                self.text_block = Some((format, String::new(), raw));
+            }
+            TextPiece::Code(code) => {
+                if let Some((format, buf, _)) = &mut self.text_block {
+                    buf.push_str(&code);
+                    out.push(Event::Chunk(Chunk::content(
+                        Role::Assistant,
+                        MessageType::Code,
+                        Some(format.clone()),
+                        code,
+                    )));
+                }
+            }
+            TextPiece::CodeEnd => {
+                if let Some((format, code, raw)) = self.text_block.take() {
+                    out.push(Event::Chunk(Chunk::end(
+                        Role::Assistant,
+                        MessageType::Code,
+                        Some(format.clone()),
+                    )));
+                    self.blocks.push(Block {
+                        request: CodeRequest {
+                            language: raw,
+                            code: code.trim_end_matches('\n').to_string(),
+                        },
+                        streamed_as: Some(format),
+                        closed: true,
+                        problem: None,
+                    });
+                    self.text_block_done = true;
+                }
+            }
+        }
+    }
+
+    fn prose_piece(&mut self, text: &str, out: &mut Vec<Event>) {
+        if self.hold.is_none() {
+            self.held.push_str(text);
+            let start = self.held.trim_start();
+            if start.chars().count() < HOLD_DECISION && repair::may_be_tool_text(start) {
+                return;
+            }
+            if start.is_empty() {
+                return;
+            }
+            self.hold = Some(repair::may_be_tool_text(start));
+            if self.hold == Some(true) {
+                return;
+            }
+            let held = std::mem::take(&mut self.held);
+            self.show_prose(&held, out);
+            return;
+        }
+        if self.hold == Some(true) {
+            self.held.push_str(text);
+        } else {
+            self.show_prose(text, out);
+        }
+    }
+
+    fn show_prose(&mut self, text: &str, out: &mut Vec<Event>) {
+        if text.is_empty() {
+            return;
+        }
+        if !self.prose_open {
+            self.prose_open = true;
+            out.push(Event::Chunk(Chunk::start(
+                Role::Assistant,
+                MessageType::Message,
+                None,
+            )));
+        }
+        self.shown = true;
+        self.prose.push_str(text);
+        out.push(Event::Chunk(Chunk::content(
+            Role::Assistant,
+            MessageType::Message,
+            None,
+            text,
+        )));
+    }
+
+    fn close_prose(&mut self, out: &mut Vec<Event>) {
+        if self.prose_open {
+            self.prose_open = false;
+            out.push(Event::Chunk(Chunk::end(
+                Role::Assistant,
+                MessageType::Message,
+                None,
+            )));
+        }
+    }
+
+    /// Shows held-back text as prose (it was not a tool call after all).
+    fn release_held(&mut self, out: &mut Vec<Event>) {
+        self.hold = Some(false);
+        let held = std::mem::take(&mut self.held);
+        self.show_prose(&held, out);
+    }
+
+    fn tool_delta(
+        &mut self,
+        index: usize,
+        name: Option<String>,
+        arguments: &str,
+        worker: &Worker,
+    ) -> Vec<Event> {
+        let mut out = Vec::new();
+        while self.calls.len() <= index {
+            self.calls.push(Call::default());
+        }
+        let call = &mut self.calls[index];
+        if let Some(name) = name {
+            call.name.push_str(&name);
+        }
+        call.arguments.push_str(arguments);
+        // Only the first call streams live: later ones are shown when they run, so that
+        // each block's output follows it.
+        if index != 0 {
+            return out;
+        }
+        if self.prose_open || !self.held.is_empty() {
+            self.release_held(&mut out);
+            self.close_prose(&mut out);
+        }
+        let call = &mut self.calls[0];
+        let (language, code) = repair::partial_arguments(&call.arguments);
+        let Some(code) = code else {
+            return out;
+        };
+        if call.streamed_as.is_none() {
+            let Some(format) = language.and_then(|l| {
+                worker
+                    .config
+                    .sandbox
+                    .languages
+                    .resolve(&l)
+                    .ok()
+                    .map(|l| l.name.clone())
+            }) else {
+                return out;
+            };
+            out.push(Event::Chunk(Chunk::start(
+                Role::Assistant,
+                MessageType::Code,
+                Some(format.clone()),
+            )));
+            self.shown = true;
+            call.streamed_as = Some(format);
+        }
+        if code.len() > call.streamed_len && code.is_char_boundary(call.streamed_len) {
+            let format = call.streamed_as.clone();
+            out.push(Event::Chunk(Chunk::content(
+                Role::Assistant,
+                MessageType::Code,
+                format,
+                &code[call.streamed_len..],
+            )));
+            call.streamed_len = code.len();
+        }
+        out
+    }
+
+    /// The end of the reply, complete or not: closes what is open and turns tool calls
+    /// (and held text that is really one) into blocks.
+    fn finish(&mut self, complete: bool, worker: &Worker) -> Vec<Event> {
+        let mut out = Vec::new();
+        if self.text_mode && !self.text_block_done {
+            for piece in self.fence.finish() {
+                self.fence_piece(piece, worker, &mut out);
+            }
+            if !complete && self.text_block.is_some() {
+                // An interrupted block is not run.
+                if let Some((format, _, _)) = self.text_block.take() {
+                    out.push(Event::Chunk(Chunk::end(
+                        Role::Assistant,
+                        MessageType::Code,
+                        Some(format),
+                    )));
+                }
+                self.blocks.clear();
+            }
+        }
+        if !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            match complete.then(|| repair::from_text(&held)).flatten() {
+                Some(Ok(request)) => self.blocks.push(Block {
+                    request,
+                    streamed_as: None,
+                    closed: false,
+                    problem: None,
+                }),
+                Some(Err(problem)) => self.blocks.push(Block {
+                    request: CodeRequest {
+                        language: Some("unknown".into()),
+                        code: held.clone(),
+                    },
+                    streamed_as: None,
+                    closed: false,
+                    problem: Some(problem),
+                }),
+                None => {
+                    self.hold = Some(false);
+                    self.show_prose(&held, &mut out);
+                }
+            }
+        }
+        self.close_prose(&mut out);
+        if !complete {
+            // A half-written call is not run; close its chunks.
+            if let Some(format) = self.calls.first().and_then(|c| c.streamed_as.clone()) {
+                out.push(Event::Chunk(Chunk::end(
+                    Role::Assistant,
+                    MessageType::Code,
+                    Some(format),
+                )));
+            }
+            self.calls.clear();
+            self.blocks.clear();
+            return out;
+        }
+        for call in std::mem::take(&mut self.calls) {
+            let parsed = repair::from_tool_call(&call.name, &call.arguments);
+            let block = match parsed {
+                Ok(request) => {
+                    // Finish the live stream with whatever the repair added.
+                    if let Some(format) = &call.streamed_as {
+                        if let Some(rest) = request
+                            .code
+                            .get(call.streamed_len..)
+                            .filter(|r| !r.is_empty())
+                        {
+                            out.push(Event::Chunk(Chunk::content(
+                                Role::Assistant,
+                                MessageType::Code,
+                                Some(format.clone()),
+                                rest,
+                            )));
+                        }
+                    }
+                    Block {
+                        request,
+                        streamed_as: call.streamed_as.clone(),
+                        closed: false,
+                        problem: None,
+                    }
+                }
+                Err(problem) => Block {
+                    request: CodeRequest {
+                        language: Some(if call.name.is_empty() {
+                            "unknown".into()
+                        } else {
+                            call.name.clone()
+                        }),
+                        code: call.arguments.clone(),
+                    },
+                    streamed_as: call.streamed_as.clone(),
+                    closed: false,
+                    problem: Some(problem),
+                },
+            };
+            self.blocks.push(block);
+        }
+        out
+    }
+
+    fn prose_message(&self) -> Option<Message> {
+        (!self.prose.is_empty()).then(|| Message::assistant(self.prose.clone()))
+    }
+}
