@@ -2,7 +2,9 @@
 //! and assertions on executions.
 
 mod cli;
+mod conversation;
 mod docker_only;
+pub mod llm_server;
 mod sandbox;
 
 use std::path::PathBuf;

@@ -610,6 +610,10 @@ impl ReplyReader {
     }
 
     fn fence_piece(&mut self, piece: TextPiece, worker: &Worker, out: &mut Vec<Event>) {
+        if self.text_block_done {
+            // Text mode runs the first block; what follows would be invented output.
+            return;
+        }
         match piece {
             TextPiece::Prose(text) => self.prose_piece(&text, out),
             TextPiece::CodeStart { language } => {
