@@ -943,3 +943,33 @@ async fn undo_load_and_reset() {
     );
     conv.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_sandbox_that_cannot_start_is_an_error_and_the_conversation_goes_on() {
+    let server = ScriptedServer::start(vec![
+        openai::execute("python", "print(1)"),
+        openai::text(&["I could not run it."]),
+    ])
+    .await;
+    let Some(engine) = engine_with(Backend::Docker, |c| {
+        c.image = Some("oi-test-missing:none".into());
+    })
+    .await
+    else {
+        return;
+    };
+    let mut config = config(Endpoint::openai(server.base_url(), None));
+    config.sandbox = engine.config().clone();
+    config.auto_run = true;
+    let mut conv = Conversation::start(config, engine).unwrap();
+    let t = turn(&mut conv, "run it").await;
+    assert_eq!(t.end, TurnEnd::SandboxError, "{t:#?}");
+    let (kind, message) = &t.errors()[0];
+    assert_eq!(kind, "sandbox");
+    assert!(message.contains("oi-test-missing:none"), "{message}");
+    let t = turn(&mut conv, "and now?").await;
+    assert_eq!(t.end, TurnEnd::Finished);
+    let results = tool_results(&server.requests()[1].body);
+    assert!(results[0].starts_with("(not run: "), "{results:?}");
+    conv.shutdown().await;
+}

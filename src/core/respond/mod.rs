@@ -158,6 +158,7 @@ pub struct SessionInfo {
 }
 
 enum Op {
+    Turn(String, CancellationToken),
     Request(Request),
     Messages(oneshot::Sender<Vec<Message>>),
     Info(oneshot::Sender<ConversationInfo>),
@@ -193,7 +194,7 @@ enum Op {
 pub struct Conversation {
     ops: mpsc::UnboundedSender<Op>,
     answers: mpsc::UnboundedSender<Answer>,
-    cancel: Arc<Mutex<CancellationToken>>,
+    cancel: Arc<Mutex<Vec<CancellationToken>>>,
     events: mpsc::Receiver<Event>,
     task: JoinHandle<()>,
 }
@@ -222,7 +223,7 @@ impl Conversation {
         let (ops_tx, ops_rx) = mpsc::unbounded_channel();
         let (answers_tx, answers_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::channel(256);
-        let cancel = Arc::new(Mutex::new(CancellationToken::new()));
+        let cancel = Arc::new(Mutex::new(Vec::new()));
         let traits = config.traits();
         let worker = Worker {
             history: History::new(TokenCounter::for_model(&config.model)),
@@ -258,15 +259,24 @@ impl Conversation {
             Request::Confirm(answer) => {
                 let _ = self.answers.send(answer);
             }
+            Request::Message(text) => {
+                // The turn's token exists from now, so an interrupt sent right after the
+                // message (before the worker picks it up) is not lost.
+                let cancel = CancellationToken::new();
+                self.cancel.lock().unwrap().push(cancel.clone());
+                let _ = self.ops.send(Op::Turn(text, cancel));
+            }
             other => {
                 let _ = self.ops.send(Op::Request(other));
             }
         }
     }
 
-    /// Interrupts the running turn, if any.
+    /// Interrupts the running turn, if any, and the turns of messages still queued.
     pub fn interrupt(&self) {
-        self.cancel.lock().unwrap().cancel();
+        for token in self.cancel.lock().unwrap().drain(..) {
+            token.cancel();
+        }
     }
 
     /// The next event; `None` once the conversation has shut down. Keep reading events
@@ -327,7 +337,9 @@ struct Worker {
     last_dropped: usize,
     events: mpsc::Sender<Event>,
     answers: mpsc::UnboundedReceiver<Answer>,
-    cancel: Arc<Mutex<CancellationToken>>,
+    /// The tokens of the running and queued turns (added by the handle as it sends each
+    /// message, so an interrupt right after a message is not lost).
+    cancel: Arc<Mutex<Vec<CancellationToken>>>,
 }
 
 impl Worker {
@@ -335,8 +347,10 @@ impl Worker {
         self.open_session();
         while let Some(op) = ops.recv().await {
             match op {
-                Op::Request(Request::Message(text)) => {
-                    let end = self.turn(text).await;
+                Op::Turn(text, cancel) => {
+                    let end = self.turn(text, cancel.clone()).await;
+                    cancel.cancel();
+                    self.cancel.lock().unwrap().retain(|t| !t.is_cancelled());
                     self.emit(Event::TurnEnded(end)).await;
                 }
                 Op::Request(Request::Reset) => {
@@ -354,7 +368,7 @@ impl Worker {
                 Op::Request(Request::Load(messages)) => self.history.replace(messages),
                 Op::Request(Request::SetAutoRun(on)) => self.auto_run = on,
                 // Acted on by the handle directly.
-                Op::Request(Request::Interrupt | Request::Confirm(_)) => {}
+                Op::Request(Request::Message(_) | Request::Interrupt | Request::Confirm(_)) => {}
                 Op::Messages(reply) => {
                     let _ = reply.send(self.history.messages().to_vec());
                 }
@@ -367,8 +381,12 @@ impl Worker {
     }
 
     async fn emit(&self, event: Event) {
-        // A front end that went away no longer needs events; the worker finishes anyway.
-        let _ = self.events.send(event).await;
+        // A front end that went away cannot confirm or watch: stop the turn.
+        if self.events.send(event).await.is_err() {
+            for token in self.cancel.lock().unwrap().iter() {
+                token.cancel();
+            }
+        }
     }
 
     /// Starts opening the sandbox session in the background.

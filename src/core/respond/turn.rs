@@ -45,9 +45,7 @@ struct Reply {
 const HOLD_DECISION: usize = 24;
 
 impl Worker {
-    pub(super) async fn turn(&mut self, text: String) -> TurnEnd {
-        let cancel = CancellationToken::new();
-        *self.cancel.lock().unwrap() = cancel.clone();
+    pub(super) async fn turn(&mut self, text: String, cancel: CancellationToken) -> TurnEnd {
         let user = Message::user(text);
         self.history.push(user.clone());
         self.emit(Event::Message(user)).await;
