@@ -406,7 +406,9 @@ impl FenceParser {
                     if self.in_data {
                         // Any fence ends a data block; a tagged one is not how models close.
                         self.in_data = !tag.is_empty();
-                    } else if is_tag && is_prose_tag(tag) {
+                    } else if is_tag && (tag.is_empty() || is_prose_tag(tag)) {
+                        // An untagged fence is as often output the model imagines as
+                        // code; only tagged blocks run.
                         self.in_data = true;
                     } else if is_tag {
                         self.in_code = Some(tag.to_string());
@@ -562,7 +564,8 @@ mod tests {
 
     #[test]
     fn fences_split_prose_and_code_however_the_stream_splits() {
-        let text = "Let me run:\n```python\nx = 1\nprint(x)\n```\nDone.\n```json\n{}\n```\n";
+        let text =
+            "Let me run:\n```python\nx = 1\nprint(x)\n```\nDone.\n```json\n{}\n```\n```\n42\n```\n";
         let want = vec![
             TextPiece::Prose("Let me run:\n".into()),
             TextPiece::CodeStart {
@@ -570,7 +573,7 @@ mod tests {
             },
             TextPiece::Code("x = 1\nprint(x)\n".into()),
             TextPiece::CodeEnd,
-            TextPiece::Prose("Done.\n```json\n{}\n```\n".into()),
+            TextPiece::Prose("Done.\n```json\n{}\n```\n```\n42\n```\n".into()),
         ];
         assert_eq!(parse_all(&[text]), want);
         let chars: Vec<String> = text.chars().map(|c| c.to_string()).collect();

@@ -368,7 +368,7 @@ pub fn system_message(sandbox: &SandboxConfig, functions: bool, max_output: usiz
             "To run code, write it in a fenced markdown block tagged with its language, for \
              example:\n```python\nprint(6 * 7)\n```\nThe block runs as soon as you close it, and \
              its output comes back in the next message. Write at most one block per reply. \
-             Blocks tagged text, json or output are shown, not run.\n",
+             Untagged blocks and blocks tagged text, json or output are shown, not run.\n",
         );
     }
     s.push_str(
