@@ -141,11 +141,27 @@ def _run_plain(code, ns):
         traceback.print_exception(type(exc), exc, None)
         return "error"
     last = None
+    last_line = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = ast.Expression(tree.body.pop().value)
+        node = tree.body.pop()
+        last, last_line = ast.Expression(node.value), node.lineno
+    # With several top-level statements, each runs on its own after its line is
+    # reported (the active line). A cell with a __future__ import runs whole: the
+    # import must apply to all of it.
+    statements = len(tree.body) + (last is not None)
+    split = statements > 1 and not any(
+        isinstance(s, ast.ImportFrom) and s.module == "__future__" for s in tree.body
+    )
     try:
-        exec(compile(tree, filename, "exec"), ns)
+        if split:
+            for stmt in tree.body:
+                _report({"t": "line", "line": stmt.lineno})
+                exec(compile(ast.Module([stmt], []), filename, "exec"), ns)
+        else:
+            exec(compile(tree, filename, "exec"), ns)
         if last is not None:
+            if split:
+                _report({"t": "line", "line": last_line})
             _show_value(eval(compile(last, filename, "eval"), ns))
     except KeyboardInterrupt:
         print("KeyboardInterrupt: interrupted", file=sys.stderr)

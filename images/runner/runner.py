@@ -627,6 +627,9 @@ class Runner:
                 elif kind == "image" and submitted:
                     drain()
                     send({"type": "image", "id": rid, "format": msg.get("format", "png"), "data": msg["data"]})
+                elif kind == "line" and submitted:
+                    drain()
+                    send({"type": "active_line", "id": rid, "line": msg["line"]})
                 elif kind == "done" and submitted:
                     drain()
                     finish({"status": msg["status"], "exit_code": msg.get("exit_code")})

@@ -126,6 +126,7 @@ async fn run_blocks(
                     eprintln!("oi: image saved to {}", path.display());
                 }
                 ExecEvent::Notice { message } => eprintln!("oi: {message}"),
+                ExecEvent::ActiveLine { .. } => {}
                 ExecEvent::Done(outcome) => {
                     if let Some(message) = &outcome.message {
                         eprintln!("oi: {message}");

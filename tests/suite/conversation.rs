@@ -59,7 +59,19 @@ impl Turn {
         self.events
             .iter()
             .filter_map(|e| match e {
-                Event::Chunk(c) if c.kind == kind => c.content.clone(),
+                Event::Chunk(c) if c.kind == kind && c.format.as_deref() != Some("active_line") => {
+                    c.content.clone()
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn active_lines(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Chunk(c) if c.format.as_deref() == Some("active_line") => c.content.clone(),
                 _ => None,
             })
             .collect()
@@ -971,5 +983,28 @@ async fn a_sandbox_that_cannot_start_is_an_error_and_the_conversation_goes_on() 
     assert_eq!(t.end, TurnEnd::Finished);
     let results = tool_results(&server.requests()[1].body);
     assert!(results[0].starts_with("(not run: "), "{results:?}");
+    conv.shutdown().await;
+}
+
+#[tokio::test]
+async fn python_blocks_report_the_active_line() {
+    let server = ScriptedServer::start(vec![
+        openai::execute("python", "a = 1\nb = 2\n\nprint(a + b)"),
+        openai::execute("python", "from __future__ import annotations\nx = 1\nx"),
+        openai::text(&["3"]),
+    ])
+    .await;
+    let Some(mut conv) = openai_chat(Backend::Host, &server, |c| c.auto_run = true).await else {
+        return;
+    };
+    let t = turn(&mut conv, "add").await;
+    assert_eq!(t.console(), "3\n1\n");
+    assert_eq!(
+        t.active_lines(),
+        ["1", "2", "4"],
+        "none for a __future__ cell"
+    );
+    // Not part of the conversation: the console message holds the output only.
+    assert_eq!(conv.messages().await[2], Message::console("3\n"));
     conv.shutdown().await;
 }

@@ -135,6 +135,7 @@ pub async fn collect_checked(
                 ExecEvent::Stderr { text } => out.stderr.push_str(&text),
                 ExecEvent::Image { data, .. } => out.images.push(data),
                 ExecEvent::Notice { message } => out.notices.push(message),
+                ExecEvent::ActiveLine { .. } => {}
                 ExecEvent::Done(outcome) => {
                     dones += 1;
                     out.outcome = Some(outcome);

@@ -402,6 +402,7 @@ impl ExecTask {
                 Some(Frame::Stdout { data, .. }) => ExecEvent::Stdout { text: data },
                 Some(Frame::Stderr { data, .. }) => ExecEvent::Stderr { text: data },
                 Some(Frame::Notice { message, .. }) => ExecEvent::Notice { message },
+                Some(Frame::ActiveLine { line, .. }) => ExecEvent::ActiveLine { line },
                 Some(Frame::Image { format, data, .. }) => {
                     match base64::engine::general_purpose::STANDARD.decode(data.as_bytes()) {
                         Ok(data) => ExecEvent::Image { format, data },

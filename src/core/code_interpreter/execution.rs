@@ -97,6 +97,11 @@ pub enum ExecEvent {
     Notice {
         message: String,
     },
+    /// The line of the block about to run (Python blocks of several top-level
+    /// statements report each statement's first line).
+    ActiveLine {
+        line: u32,
+    },
     Done(ExecOutcome),
 }
 
@@ -150,6 +155,7 @@ impl Execution {
                 ExecEvent::Stderr { text } => out.stderr.push_str(&text),
                 ExecEvent::Image { data, .. } => out.images.push(data),
                 ExecEvent::Notice { message } => out.notices.push(message),
+                ExecEvent::ActiveLine { .. } => {}
                 ExecEvent::Done(outcome) => out.outcome = Some(outcome),
             }
         }

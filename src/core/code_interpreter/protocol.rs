@@ -78,6 +78,11 @@ pub enum Frame {
         id: u64,
         message: String,
     },
+    /// The block is about to run this line (Python, top-level statements).
+    ActiveLine {
+        id: u64,
+        line: u32,
+    },
     Done {
         id: u64,
         status: RunnerStatus,
@@ -106,6 +111,7 @@ impl Frame {
             | Frame::Stderr { id, .. }
             | Frame::Image { id, .. }
             | Frame::Notice { id, .. }
+            | Frame::ActiveLine { id, .. }
             | Frame::Done { id, .. }
             | Frame::Pong { id } => Some(*id),
             Frame::Error { id, .. } => *id,

@@ -17,7 +17,7 @@ use super::{Answer, Event, SessionSlot, TurnEnd, Worker};
 use crate::core::code_interpreter::{ExecEvent, ExecOutcome, ExecRequest, ExecStatus, Session};
 use crate::core::llm::repair::{self, CodeRequest, FenceParser, TextPiece};
 use crate::core::llm::{EventStream, LlmError, StreamEvent};
-use crate::core::messages::{Chunk, Message, MessageType, Role, FORMAT_OUTPUT};
+use crate::core::messages::{Chunk, Message, MessageType, Role, FORMAT_ACTIVE_LINE, FORMAT_OUTPUT};
 
 /// Why a step stopped the turn early.
 enum Stop {
@@ -426,6 +426,16 @@ impl Worker {
                         self.emit(Event::Chunk(chunk)).await;
                     }
                     self.record(image).await;
+                    continue;
+                }
+                ExecEvent::ActiveLine { line } => {
+                    let chunk = Chunk::content(
+                        Role::Computer,
+                        MessageType::Console,
+                        Some(FORMAT_ACTIVE_LINE.into()),
+                        line.to_string(),
+                    );
+                    self.emit(Event::Chunk(chunk)).await;
                     continue;
                 }
                 ExecEvent::Done(done) => {
