@@ -1008,3 +1008,20 @@ async fn python_blocks_report_the_active_line() {
     assert_eq!(conv.messages().await[2], Message::console("3\n"));
     conv.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_configured_proxy_carries_the_requests() {
+    let proxy = ScriptedServer::start(vec![openai::text(&["via proxy"])]).await;
+    let mut endpoint = Endpoint::openai("http://oi-model.invalid/v1", None);
+    endpoint.proxy = Some(proxy.base_url().trim_end_matches("/v1").to_string());
+    let Some(mut conv) = start(Backend::Host, endpoint, |_| {}).await else {
+        return;
+    };
+    let t = turn(&mut conv, "hi").await;
+    assert_eq!(t.prose(), "via proxy", "{t:#?}");
+    assert_eq!(
+        proxy.requests()[0].path,
+        "http://oi-model.invalid/v1/chat/completions"
+    );
+    conv.shutdown().await;
+}

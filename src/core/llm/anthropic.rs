@@ -28,7 +28,7 @@ pub struct Anthropic {
 impl Anthropic {
     pub fn new(endpoint: Endpoint) -> Result<Self> {
         Ok(Anthropic {
-            client: http::client(endpoint.connect_timeout)?,
+            client: http::client(&endpoint)?,
             endpoint,
         })
     }

@@ -9,16 +9,27 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 
 use super::error::{LlmError, Result};
+use super::Endpoint;
 
 /// The longest error body quoted back to the user.
 const DETAIL_MAX: usize = 600;
 
-pub(crate) fn client(connect_timeout: Duration) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .connect_timeout(connect_timeout)
+/// The client for an endpoint. Proxies come from the endpoint only: core reads no
+/// environment (reqwest would read `HTTPS_PROXY` itself), the front end passes them in.
+pub(crate) fn client(endpoint: &Endpoint) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(endpoint.connect_timeout)
         .user_agent(concat!("oi/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| LlmError::Client(e.to_string()))
+        .no_proxy();
+    if let Some(url) = endpoint.proxy.as_deref().filter(|p| !p.is_empty()) {
+        let proxy = reqwest::Proxy::all(url)
+            .map_err(|e| LlmError::Client(format!("bad proxy URL {url}: {e}")))?
+            .no_proxy(reqwest::NoProxy::from_string(
+                endpoint.no_proxy.as_deref().unwrap_or(""),
+            ));
+        builder = builder.proxy(proxy);
+    }
+    builder.build().map_err(|e| LlmError::Client(e.to_string()))
 }
 
 /// Joins a base URL and a path without doubling or losing a slash.

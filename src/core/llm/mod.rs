@@ -170,6 +170,10 @@ pub struct Endpoint {
     pub idle_timeout: Duration,
     /// How long connecting may take.
     pub connect_timeout: Duration,
+    /// An HTTP(S) proxy for the model's server (front ends take it from `HTTPS_PROXY`).
+    pub proxy: Option<String>,
+    /// Hosts reached without the proxy, comma-separated (`NO_PROXY`).
+    pub no_proxy: Option<String>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -179,6 +183,7 @@ impl std::fmt::Debug for Endpoint {
             .field("api_base", &self.api_base)
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
             .field("key_setting", &self.key_setting)
+            .field("proxy", &self.proxy)
             .finish_non_exhaustive()
     }
 }
@@ -192,6 +197,8 @@ impl Endpoint {
             key_setting: "OPENAI_API_KEY or --api-key".into(),
             idle_timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(10),
+            proxy: None,
+            no_proxy: None,
         }
     }
 

@@ -25,7 +25,7 @@ pub struct OpenAi {
 impl OpenAi {
     pub fn new(endpoint: Endpoint) -> Result<Self> {
         Ok(OpenAi {
-            client: http::client(endpoint.connect_timeout)?,
+            client: http::client(&endpoint)?,
             endpoint,
         })
     }
