@@ -1025,3 +1025,81 @@ async fn a_configured_proxy_carries_the_requests() {
     );
     conv.shutdown().await;
 }
+
+#[tokio::test]
+async fn two_calls_in_one_reply_run_in_order_each_followed_by_its_output() {
+    let mut steps = openai::tool_call(
+        0,
+        "call_a",
+        "execute",
+        r#"{"language":"python","code":"print('one')"}"#,
+    );
+    steps.extend(openai::tool_call(
+        1,
+        "call_b",
+        "execute",
+        r#"{"language":"shell","code":"echo two"}"#,
+    ));
+    steps.push(openai::finish("tool_calls"));
+    steps.push(openai::done());
+    let server =
+        ScriptedServer::start(vec![Reply::Stream(steps), openai::text(&["both ran"])]).await;
+    let Some(mut conv) = openai_chat(Backend::Host, &server, |c| c.auto_run = true).await else {
+        return;
+    };
+    let t = turn(&mut conv, "run both").await;
+    assert_eq!(t.end, TurnEnd::Finished, "{t:#?}");
+    // Shown in order: block one, its output, block two, its output.
+    let shown: Vec<String> = t
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Chunk(c)
+                if c.content.is_some() && c.format.as_deref() != Some("active_line") =>
+            {
+                Some(c.content.clone().unwrap())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        ["print('one')", "one\n", "echo two", "two\n", "both ran"]
+    );
+    assert_eq!(tool_results(&server.requests()[1].body), ["one\n", "two\n"]);
+    conv.shutdown().await;
+}
+
+#[tokio::test]
+async fn anthropic_errors_name_its_key_and_overload_is_retried() {
+    let server = ScriptedServer::start(vec![
+        error(
+            401,
+            r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#,
+        ),
+        Reply::Stream(vec![Step::Frame {
+            event: Some("error".into()),
+            data: r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#.into(),
+        }]),
+        anthropic::text(&["fine"]),
+    ])
+    .await;
+    let endpoint = Endpoint::anthropic(server.base_url(), Some("bad".into()));
+    let Some(mut conv) = start(Backend::Host, endpoint, |c| c.model = "claude-test".into()).await
+    else {
+        return;
+    };
+    let t = turn(&mut conv, "hi").await;
+    let (kind, message) = &t.errors()[0];
+    assert_eq!(kind, "auth");
+    assert!(message.contains("invalid x-api-key"), "{message}");
+    assert!(
+        message.contains("Set ANTHROPIC_API_KEY or --api-key"),
+        "{message}"
+    );
+    let t = turn(&mut conv, "again").await;
+    assert_eq!(t.end, TurnEnd::Finished, "{t:#?}");
+    assert!(t.notices()[0].contains("Overloaded"), "{:?}", t.notices());
+    assert_eq!(t.prose(), "fine");
+    conv.shutdown().await;
+}
