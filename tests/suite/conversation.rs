@@ -1103,3 +1103,25 @@ async fn anthropic_errors_name_its_key_and_overload_is_retried() {
     assert_eq!(t.prose(), "fine");
     conv.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reply_cut_at_the_token_limit_says_so() {
+    let server = ScriptedServer::start(vec![Reply::Stream(vec![
+        openai::delta("The answer is"),
+        openai::finish("length"),
+        openai::done(),
+    ])])
+    .await;
+    let Some(mut conv) = openai_chat(Backend::Host, &server, |c| c.max_tokens = Some(3)).await
+    else {
+        return;
+    };
+    let t = turn(&mut conv, "hi").await;
+    assert_eq!(t.end, TurnEnd::Finished);
+    assert_eq!(
+        t.notices(),
+        ["The model's reply was cut at its length limit (3 tokens, max_tokens)."]
+    );
+    assert_eq!(server.requests()[0].body["max_tokens"], 3);
+    conv.shutdown().await;
+}

@@ -16,7 +16,7 @@ use super::prompt::{self, OutputBuffer, DECLINED};
 use super::{Answer, Event, SessionSlot, TurnEnd, Worker};
 use crate::core::code_interpreter::{ExecEvent, ExecOutcome, ExecRequest, ExecStatus, Session};
 use crate::core::llm::repair::{self, CodeRequest, FenceParser, TextPiece};
-use crate::core::llm::{EventStream, LlmError, StreamEvent};
+use crate::core::llm::{EventStream, FinishReason, LlmError, StreamEvent};
 use crate::core::messages::{Chunk, Message, MessageType, Role, FORMAT_ACTIVE_LINE, FORMAT_OUTPUT};
 
 /// Why a step stopped the turn early.
@@ -186,6 +186,7 @@ impl Worker {
         cancel: &CancellationToken,
     ) -> Result<Reply, ReadFailure> {
         let mut r = ReplyReader::new(!self.functions);
+        let mut cut_short = false;
         let outcome = loop {
             let next = tokio::select! {
                 biased;
@@ -221,11 +222,12 @@ impl Worker {
                         self.emit(event).await;
                     }
                 }
-                StreamEvent::Finished { usage, .. } => {
+                StreamEvent::Finished { usage, reason } => {
                     if let Some(u) = usage {
                         self.usage.input_tokens += u.input_tokens;
                         self.usage.output_tokens += u.output_tokens;
                     }
+                    cut_short = reason == FinishReason::Length;
                     break Ok(());
                 }
             }
@@ -238,6 +240,16 @@ impl Worker {
         if let Some(prose) = r.prose_message() {
             self.history.push(prose.clone());
             self.emit(Event::Message(prose)).await;
+        }
+        if cut_short {
+            let budget = self.config.max_tokens.map_or_else(
+                || "the server's limit".to_string(),
+                |t| format!("{t} tokens"),
+            );
+            self.emit(Event::Notice(format!(
+                "The model's reply was cut at its length limit ({budget}, max_tokens)."
+            )))
+            .await;
         }
         match outcome {
             Ok(()) => Ok(Reply { blocks: r.blocks }),
