@@ -28,6 +28,7 @@ _ctl = None
 _running = False
 _cell = 0
 _shell = None  # IPython's InteractiveShell, once a block needed it
+_stdout_raw = None  # counts what the block writes to stdout
 
 _IPYTHON_SYNTAX = re.compile(
     r"^\s*(?:[!%]|\w[\w\s,]*=\s*[!%])|^\s*[\w.]+\?{1,2}\s*$|\bget_ipython\(\)|^\s*display\(",
@@ -37,6 +38,9 @@ _IPYTHON_SYNTAX = re.compile(
 
 def _report(msg):
     _flush_std()
+    # How much stdout the block wrote before this message: the runner uses it to keep
+    # images and active lines in their place in the output.
+    msg["out"] = _stdout_raw.count if _stdout_raw is not None else 0
     _ctl.write(json.dumps(msg).encode() + b"\n")
     _ctl.flush()
 
@@ -232,10 +236,38 @@ class _Flusher:
                 _flush_std()
 
 
+class _CountingRaw(io.RawIOBase):
+    """fd 1 as a raw stream that counts the bytes written through it."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.count = 0
+
+    def writable(self):
+        return True
+
+    def fileno(self):
+        return self.fd
+
+    def write(self, data):
+        n = os.write(self.fd, data)
+        self.count += n
+        return n
+
+
+def _std_stream(fd):
+    global _stdout_raw
+    if fd == 1:
+        _stdout_raw = _CountingRaw(1)
+        raw = io.BufferedWriter(_stdout_raw, buffer_size=1 << 16)
+    else:
+        raw = io.open(fd, "wb", buffering=1 << 16, closefd=False)
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace", line_buffering=True)
+
+
 def _buffer_std():
     for fd, name in ((1, "stdout"), (2, "stderr")):
-        raw = io.open(fd, "wb", buffering=1 << 16, closefd=False)
-        setattr(sys, name, io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace", line_buffering=True))
+        setattr(sys, name, _std_stream(fd))
     _Flusher()
 
 
@@ -248,8 +280,7 @@ def _restore_std(saved):
             os.dup2(saved[fd], fd)
         stream = getattr(sys, name)
         if stream is None or getattr(stream, "closed", True) or getattr(stream, "fileno", None) is None:
-            raw = io.open(fd, "wb", buffering=1 << 16, closefd=False)
-            setattr(sys, name, io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace", line_buffering=True))
+            setattr(sys, name, _std_stream(fd))
 
 
 def _on_sigint(signum, frame):
@@ -299,6 +330,9 @@ def main(cmd_fd, ctl_fd):
         request = json.loads(line)
         code = request["code"]
         status = "error"
+        _flush_std()
+        if _stdout_raw is not None:
+            _stdout_raw.count = 0
         try:
             _running = True
             if _shell is None and _IPYTHON_SYNTAX.search(code):

@@ -19,6 +19,7 @@ and sandboxing itself (the container around this process).
 """
 
 import codecs
+import collections
 import json
 import os
 import queue
@@ -553,6 +554,49 @@ class Runner:
             sel.register(kernel.ctl_r, selectors.EVENT_READ, "ctl")
         sel.register(self.wake_r, selectors.EVENT_READ, "wake")
 
+        # Control messages not acted on yet. An image or active-line message carries
+        # `out`, how many bytes of stdout the block had written before it: it is sent
+        # once that much stdout has been, so it keeps its place in the output even
+        # when the runner reads both pipes late.
+        pending = collections.deque()
+        sent_out = 0
+
+        def positioned(msg):
+            return msg is not None and msg.get("t") in ("image", "line")
+
+        def emit(msg):
+            if not submitted:
+                return
+            if msg["t"] == "image":
+                send({"type": "image", "id": rid, "format": msg.get("format", "png"), "data": msg["data"]})
+            else:
+                send({"type": "active_line", "id": rid, "line": msg["line"]})
+
+        def emit_reached():
+            while pending and positioned(pending[0]) and pending[0].get("out", 0) <= sent_out:
+                emit(pending.popleft())
+
+        def send_text(name, data):
+            nonlocal sent_out
+            if name != "stdout" or not submitted:
+                text = decoders[name].decode(data)
+                if text and submitted:
+                    send({"type": name, "id": rid, "data": text})
+                return
+            if kernel.ctl_r is not None and kernel.ctl_r in sel.get_map():
+                pending.extend(kernel.read_ctl())
+            emit_reached()
+            while data:
+                part = data
+                if pending and positioned(pending[0]):
+                    part = data[: max(0, pending[0].get("out", 0) - sent_out)] or data
+                data = data[len(part):]
+                text = decoders[name].decode(part)
+                if text:
+                    send({"type": name, "id": rid, "data": text})
+                sent_out += len(part)
+                emit_reached()
+
         def forward(fd, final=False):
             """Reads what is waiting on one output pipe; False at end of file."""
             name = fds[fd]
@@ -570,9 +614,7 @@ class Runner:
                     if tail and submitted:
                         send({"type": name, "id": rid, "data": tail})
                     return False
-                text = decoders[name].decode(data)
-                if text and submitted:
-                    send({"type": name, "id": rid, "data": text})
+                send_text(name, data)
                 if not final and len(data) < READ_CHUNK:
                     return True
 
@@ -608,7 +650,19 @@ class Runner:
         def handle_ctl():
             """Acts on the control messages waiting; True once the block has ended."""
             nonlocal submitted
-            for msg in kernel.read_ctl():
+            pending.extend(kernel.read_ctl())
+            while pending:
+                msg = pending[0]
+                if positioned(msg):
+                    # The stdout before it is in the pipe already: read it first.
+                    for fd, name in list(fds.items()):
+                        if name == "stdout":
+                            forward(fd)
+                    if pending and pending[0] is msg:
+                        # The counts disagree (code wrote to fd 1 directly): send it now.
+                        emit(pending.popleft())
+                    continue
+                pending.popleft()
                 if msg is None:
                     if kernel.ctl_r in sel.get_map():
                         sel.unregister(kernel.ctl_r)
@@ -624,14 +678,12 @@ class Runner:
                     if not submitted:
                         kernel.submit(req)
                         submitted = True
-                elif kind == "image" and submitted:
-                    drain()
-                    send({"type": "image", "id": rid, "format": msg.get("format", "png"), "data": msg["data"]})
-                elif kind == "line" and submitted:
-                    drain()
-                    send({"type": "active_line", "id": rid, "line": msg["line"]})
                 elif kind == "done" and submitted:
                     drain()
+                    while pending:
+                        late = pending.popleft()
+                        if positioned(late):
+                            emit(late)
                     finish({"status": msg["status"], "exit_code": msg.get("exit_code")})
                     return True
             return False
@@ -640,7 +692,9 @@ class Runner:
             for key, _ in sel.select():
                 what = key.data
                 if what in ("stdout", "stderr"):
-                    forward(key.fd)
+                    # An earlier event of this batch may have read the pipe to its end.
+                    if key.fd in fds:
+                        forward(key.fd)
                 elif what == "wake":
                     try:
                         os.read(self.wake_r, 4096)
@@ -648,6 +702,10 @@ class Runner:
                         pass
                 elif what == "ctl" and handle_ctl():
                     return
+            # Reading stdout may have taken control messages off their pipe (to place
+            # them in the output): act on them, as select will not report them again.
+            if pending and handle_ctl():
+                return
             if isinstance(kernel, FileKernel):
                 if kernel.finished():
                     drain()

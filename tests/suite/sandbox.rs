@@ -48,6 +48,8 @@ on_both_backends!(
     reading_stdin_fails_fast_with_a_clear_message,
     configured_languages_run_from_files,
     unknown_language_is_a_clear_error,
+    active_lines_come_before_their_output,
+    regression_exit_right_after_an_active_line_does_not_break_the_runner,
 );
 
 async fn python_state_persists_across_blocks(backend: Backend) {
@@ -366,7 +368,9 @@ async fn code_that_ignores_interrupts_is_killed_after_its_timeout(backend: Backe
     let stubborn = "import time\nwhile True:\n    try:\n        time.sleep(0.05)\n    except KeyboardInterrupt:\n        pass";
     let out = run_req(
         &mut s,
-        ExecRequest::new("python", stubborn).with_timeout(Duration::from_millis(500)),
+        // Long enough that, even on a loaded machine, the timeout's interrupt finds the
+        // loop running rather than the import before it.
+        ExecRequest::new("python", stubborn).with_timeout(Duration::from_millis(1500)),
     )
     .await;
     assert_eq!(out.status(), ExecStatus::TimedOut, "{out:?}");
@@ -495,5 +499,54 @@ async fn unknown_language_is_a_clear_error(backend: Backend) {
         "unknown language `cobol`; available: python, shell"
     );
     assert_eq!(run(&mut s, "python", "print(1)").await.stdout, "1\n");
+    s.close().await.unwrap();
+}
+
+async fn active_lines_come_before_their_output(backend: Backend) {
+    let Some((_engine, mut s)) = session(backend).await else {
+        return;
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut execution = s
+        .execute(
+            ExecRequest::new("python", "print('a')\n\nprint('b')\n'é' * 2"),
+            &cancel,
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while let Some(event) = execution.next_event().await {
+        match event {
+            ExecEvent::ActiveLine { line } => seen.push(format!("line {line}")),
+            ExecEvent::Stdout { text } => seen.push(text),
+            ExecEvent::Done(outcome) => assert_eq!(outcome.status, ExecStatus::Ok),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, ["line 1", "a\n", "line 3", "b\n", "line 4", "'éé'\n"]);
+    // A single statement reports no line: nothing to follow.
+    let mut execution = s
+        .execute(ExecRequest::new("python", "print(1)"), &cancel)
+        .await
+        .unwrap();
+    while let Some(event) = execution.next_event().await {
+        assert!(!matches!(event, ExecEvent::ActiveLine { .. }), "{event:?}");
+    }
+    s.close().await.unwrap();
+}
+
+/// The runner once failed with `KeyError` when an interpreter exited right after
+/// reporting its active line: reading the line drained the pipe to its end, and the
+/// same batch of events then read it again.
+async fn regression_exit_right_after_an_active_line_does_not_break_the_runner(backend: Backend) {
+    let Some((_engine, mut s)) = session(backend).await else {
+        return;
+    };
+    for _ in 0..5 {
+        let out = run(&mut s, "python", "print('a')\nimport os\nos._exit(3)").await;
+        assert_eq!(out.status(), ExecStatus::Crashed, "{out:?}");
+        assert_eq!(out.stdout, "a\n");
+        assert!(!out.stderr.contains("runner"), "{out:?}");
+    }
     s.close().await.unwrap();
 }
