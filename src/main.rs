@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use oi::terminal_interface::cli::{Cli, Command};
-use oi::terminal_interface::{exec, image_cmd, sandbox_cmd, Failure};
+use oi::terminal_interface::{chat, exec, image_cmd, sandbox_cmd, Failure};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,9 +22,14 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Exec(args) => exec::run(args).await,
-            Command::Image(args) => image_cmd::run(args).await,
-            Command::Sandbox(args) => sandbox_cmd::run(args).await,
+            None => chat::run(cli.chat, cli.sandbox).await,
+            Some(Command::Config {
+                chat: args,
+                sandbox,
+            }) => chat::show_config(&args, &sandbox),
+            Some(Command::Exec(args)) => exec::run(args).await,
+            Some(Command::Image(args)) => image_cmd::run(args).await,
+            Some(Command::Sandbox(args)) => sandbox_cmd::run(args).await,
         }
     });
     // Containers are removed by the commands themselves; do not wait for stray tasks.

@@ -6,24 +6,122 @@ use clap::{Args, Parser, Subcommand};
 
 const EXAMPLES: &str = "\
 Examples:
-  oi exec -c 'print(6 * 7)'                      run Python in a fresh sandbox
-  oi exec -l python -c 'x = 41' -c 'print(x + 1)' blocks share one session: prints 42
-  echo 'ls -la /' | oi exec -l shell             code from stdin
-  oi exec --network -l sh -c 'apt-get -v'        loosen one setting: allow network
-  oi exec --unsafe -c 'import os; print(os.getcwd())'   no sandbox (runs on this machine)
-  oi image build                                 (re)build the sandbox image
-  oi sandbox ls                                  oi's containers; `oi sandbox prune` cleans up";
+  oi                                             chat; code runs in a sandbox after you confirm it
+  oi \"plot the sizes of the files in this folder\"  start with a message
+  oi -y --json \"run the tests and summarise\"    CI: no prompts, JSON lines, exit code
+  cat task.md | oi -y                            the first message from stdin
+  oi --local                                     a local server (Ollama at localhost:11434)
+  oi -m claude-sonnet-4-5                        Anthropic (ANTHROPIC_API_KEY)
+  oi --api-base http://127.0.0.1:8181/v1 -m smollm2 --api-key none
+  oi --profile work                              settings from [profiles.work] in config.toml
+  oi --resume                                    go on with the last conversation
+  oi config                                      the effective settings and where they come from
+  oi exec -c 'print(6 * 7)'                      run code in a fresh sandbox, no model
+  oi sandbox ls                                  oi's containers; `oi sandbox prune` cleans up
+
+Settings, in increasing precedence: ~/.config/oi/config.toml, its [profiles.NAME],
+./oi.toml (or the nearest above), OI_MODEL / OI_API_BASE / OI_API_KEY, --local, flags;
+OPENAI_API_KEY / OPENAI_BASE_URL (ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL for Claude)
+when nothing above the files set the key or the URL.
+
+In the chat: %help lists the magic commands; Ctrl-C stops the model or the code;
+Ctrl-C at an empty prompt or Ctrl-D leaves.
+
+Exit status: 0 the model finished; 1 other failures; 2 bad usage or settings; 3 the
+model's server failed; 4 the iteration cap was hit; 5 a block was declined; 125 the
+sandbox could not run; 130 interrupted.";
 
 /// oi: a language model runs code for you, in a hardened per-session Docker sandbox.
 #[derive(Debug, Parser)]
-#[command(name = "oi", version, about, after_help = EXAMPLES, arg_required_else_help = true)]
+#[command(name = "oi", version, about, after_help = EXAMPLES, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub chat: ChatArgs,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
 }
 
+/// The chat's flags (the sandbox's are in [`SandboxArgs`]).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ChatArgs {
+    /// The first message (words are joined); without it, and with stdin not a terminal,
+    /// stdin is the first message.
+    #[arg(value_name = "MESSAGE")]
+    pub message: Vec<String>,
+    /// Run code without asking first.
+    #[arg(short = 'y', long)]
+    pub auto_run: bool,
+    /// The model, e.g. gpt-4o, claude-sonnet-4-5, llama3.1.
+    #[arg(short, long)]
+    pub model: Option<String>,
+    /// The server's base URL (OpenAI-compatible: usually ends in /v1).
+    #[arg(long, value_name = "URL")]
+    pub api_base: Option<String>,
+    /// The API key (prefer OPENAI_API_KEY / ANTHROPIC_API_KEY: flags show in `ps`).
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// The API the server speaks (default: anthropic for claude-* models, else openai).
+    #[arg(long, value_parser = ["openai", "anthropic"])]
+    pub provider: Option<String>,
+    /// Use a local OpenAI-compatible server: Ollama's URL and llama3.1 unless set otherwise.
+    #[arg(long)]
+    pub local: bool,
+    /// The model's context window in tokens (default: known per model, else 8192).
+    #[arg(long, value_name = "TOKENS")]
+    pub context_window: Option<usize>,
+    /// The reply budget in tokens.
+    #[arg(long, value_name = "TOKENS")]
+    pub max_tokens: Option<u32>,
+    /// The most console output the model is sent per block, in characters (default 2800).
+    #[arg(long, value_name = "CHARS")]
+    pub max_output: Option<usize>,
+    /// Model replies per message before oi stops the turn (default 30).
+    #[arg(long, value_name = "N")]
+    pub max_iterations: Option<usize>,
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Added to the system message.
+    #[arg(long, value_name = "TEXT")]
+    pub custom_instructions: Option<String>,
+    /// Replaces the system message.
+    #[arg(long, value_name = "TEXT")]
+    pub system_message: Option<String>,
+    /// Text mode: the model writes code in fenced blocks instead of calling a tool.
+    #[arg(long)]
+    pub no_functions: bool,
+    /// Run code in the sandbox (the default; overrides `unsafe = true` in a config file).
+    #[arg(long, conflicts_with = "unsafe")]
+    pub safe: bool,
+    /// Settings from [profiles.NAME] in config.toml (or OI_PROFILE).
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Print the conversation as JSON lines (LMC) on stdout; diagnostics on stderr.
+    #[arg(long)]
+    pub json: bool,
+    /// No colours and no cursor movement (the default when stdout is not a terminal).
+    #[arg(long)]
+    pub plain: bool,
+    /// List saved conversations and pick one to resume.
+    #[arg(long)]
+    pub conversations: bool,
+    /// Resume a saved conversation: its id (or a prefix), or the latest without one.
+    #[arg(long, value_name = "ID", num_args = 0..=1, default_missing_value = "")]
+    pub resume: Option<String>,
+}
+
+// Parsed once per run: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Show the effective settings and where each comes from (secrets masked).
+    Config {
+        #[command(flatten)]
+        chat: ChatArgs,
+        #[command(flatten)]
+        sandbox: SandboxArgs,
+    },
     /// Run code in a fresh sandbox and stream its output; exit status follows the code's.
     #[command(after_help = EXEC_HELP)]
     Exec(ExecArgs),
@@ -74,44 +172,44 @@ pub struct ExecArgs {
 #[derive(Debug, Args, Clone, Default)]
 pub struct SandboxArgs {
     /// Run code directly on this machine, with your permissions: NO sandbox.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub r#unsafe: bool,
     /// Allow network access from the sandbox (default: none).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub network: bool,
     /// Make the image's filesystem writable (default: read-only but /tmp and /workspace).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub writable_root: bool,
     /// Memory limit, e.g. 512m, 4g, or `none` (default 2g).
-    #[arg(long, global = true, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
     /// CPU limit in cores, or `none` (default 1).
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(long, value_name = "N")]
     pub cpus: Option<String>,
     /// Process limit, or `none` (default 512).
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(long, value_name = "N")]
     pub pids: Option<String>,
     /// The uid:gid code runs as (default 1000:1000; 0 means root, which is shown as unsafe).
-    #[arg(long, global = true, value_name = "UID:GID")]
+    #[arg(long, value_name = "UID:GID")]
     pub user: Option<String>,
     /// Keep Docker's default capabilities instead of dropping them all.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub keep_capabilities: bool,
     /// Interrupt any block that runs longer than this many seconds.
-    #[arg(long, global = true, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<f64>,
     /// Run sessions from this image instead of oi's own.
-    #[arg(long, global = true, value_name = "IMAGE")]
+    #[arg(long, value_name = "IMAGE")]
     pub image: Option<String>,
     /// Build oi's image on this base (default: debian:bookworm-slim, or oi-base:bookworm
     /// made offline by `oi image bootstrap-base`).
-    #[arg(long, global = true, value_name = "IMAGE", env = "OI_BASE_IMAGE")]
+    #[arg(long, value_name = "IMAGE", env = "OI_BASE_IMAGE")]
     pub base_image: Option<String>,
     /// Declare a language run from files: NAME:EXTENSION:COMMAND, with {file} in COMMAND.
-    #[arg(long, global = true, value_name = "NAME:EXT:COMMAND")]
+    #[arg(long, value_name = "NAME:EXT:COMMAND")]
     pub define_language: Vec<String>,
     /// Show the effective sandbox settings and the container before running.
-    #[arg(short, long, global = true)]
+    #[arg(short, long)]
     pub verbose: bool,
 }
 

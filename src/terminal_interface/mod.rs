@@ -2,7 +2,9 @@
 //! renders its events and progress for a person (or, with `--json`, for a program).
 //! All printing in oi happens here or in `main.rs`.
 
+pub mod chat;
 pub mod cli;
+pub mod config;
 pub mod exec;
 pub mod image_cmd;
 pub mod progress;

@@ -1,6 +1,7 @@
 //! Shared helpers: engines for each backend, the sandbox image built once per test run,
 //! and assertions on executions.
 
+mod chat;
 mod cli;
 mod conversation;
 mod docker_only;

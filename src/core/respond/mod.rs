@@ -44,6 +44,10 @@ pub enum Request {
     Load(Vec<Message>),
     /// Turns auto-run on or off.
     SetAutoRun(bool),
+    /// Runs code the user typed in the conversation's sandbox, without the model: the
+    /// output streams as console chunks and is not added to the conversation. Ends with
+    /// `TurnEnded`.
+    Run { language: String, code: String },
 }
 
 /// How the user answered a confirmation.
@@ -159,6 +163,7 @@ pub struct SessionInfo {
 
 enum Op {
     Turn(String, CancellationToken),
+    Run(String, String, CancellationToken),
     Request(Request),
     Messages(oneshot::Sender<Vec<Message>>),
     Info(oneshot::Sender<ConversationInfo>),
@@ -262,14 +267,21 @@ impl Conversation {
             Request::Message(text) => {
                 // The turn's token exists from now, so an interrupt sent right after the
                 // message (before the worker picks it up) is not lost.
-                let cancel = CancellationToken::new();
-                self.cancel.lock().unwrap().push(cancel.clone());
-                let _ = self.ops.send(Op::Turn(text, cancel));
+                let _ = self.ops.send(Op::Turn(text, self.turn_token()));
+            }
+            Request::Run { language, code } => {
+                let _ = self.ops.send(Op::Run(language, code, self.turn_token()));
             }
             other => {
                 let _ = self.ops.send(Op::Request(other));
             }
         }
+    }
+
+    fn turn_token(&self) -> CancellationToken {
+        let cancel = CancellationToken::new();
+        self.cancel.lock().unwrap().push(cancel.clone());
+        cancel
     }
 
     /// Interrupts the running turn, if any, and the turns of messages still queued.
@@ -353,6 +365,12 @@ impl Worker {
                     self.cancel.lock().unwrap().retain(|t| !t.is_cancelled());
                     self.emit(Event::TurnEnded(end)).await;
                 }
+                Op::Run(language, code, cancel) => {
+                    let end = self.run_direct(language, code, cancel.clone()).await;
+                    cancel.cancel();
+                    self.cancel.lock().unwrap().retain(|t| !t.is_cancelled());
+                    self.emit(Event::TurnEnded(end)).await;
+                }
                 Op::Request(Request::Reset) => {
                     self.close_session().await;
                     self.history.replace(Vec::new());
@@ -368,7 +386,12 @@ impl Worker {
                 Op::Request(Request::Load(messages)) => self.history.replace(messages),
                 Op::Request(Request::SetAutoRun(on)) => self.auto_run = on,
                 // Acted on by the handle directly.
-                Op::Request(Request::Message(_) | Request::Interrupt | Request::Confirm(_)) => {}
+                Op::Request(
+                    Request::Message(_)
+                    | Request::Run { .. }
+                    | Request::Interrupt
+                    | Request::Confirm(_),
+                ) => {}
                 Op::Messages(reply) => {
                     let _ = reply.send(self.history.messages().to_vec());
                 }

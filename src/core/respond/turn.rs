@@ -320,7 +320,7 @@ impl Worker {
         }
         self.record(Message::code(language.clone(), code.clone()))
             .await;
-        self.execute(language, code, cancel).await
+        self.execute(language, code, cancel, true).await
     }
 
     /// The language to run and, if the block cannot run, what to tell the model.
@@ -399,6 +399,38 @@ impl Worker {
         language: String,
         code: String,
         cancel: &CancellationToken,
+        record: bool,
+    ) -> Result<bool, Stop> {
+        self.execute_block(language, code, cancel, record).await
+    }
+
+    /// Runs a block the user typed (`%%` in the terminal): its output streams out as
+    /// console chunks; the conversation does not record it.
+    pub(super) async fn run_direct(
+        &mut self,
+        language: String,
+        code: String,
+        cancel: CancellationToken,
+    ) -> TurnEnd {
+        let (language, problem) = self.check(&CodeRequest {
+            language: Some(language),
+            code: code.clone(),
+        });
+        if let Some(problem) = problem {
+            return self.stopped(Stop::Sandbox(problem)).await;
+        }
+        match self.execute_block(language, code, &cancel, false).await {
+            Ok(_) => TurnEnd::Finished,
+            Err(stop) => self.stopped(stop).await,
+        }
+    }
+
+    async fn execute_block(
+        &mut self,
+        language: String,
+        code: String,
+        cancel: &CancellationToken,
+        record: bool,
     ) -> Result<bool, Stop> {
         let session = match self.ready_session(cancel).await {
             Ok(session) => session,
@@ -437,7 +469,9 @@ impl Worker {
                     for chunk in image.chunks() {
                         self.emit(Event::Chunk(chunk)).await;
                     }
-                    self.record(image).await;
+                    if record {
+                        self.record(image).await;
+                    }
                     continue;
                 }
                 ExecEvent::ActiveLine { line } => {
@@ -488,7 +522,9 @@ impl Worker {
             self.emit(Event::Chunk(console_chunk(None, false, true)))
                 .await;
         }
-        self.record(Message::console(buffer.finish())).await;
+        if record {
+            self.record(Message::console(buffer.finish())).await;
+        }
         if outcome.status == ExecStatus::Interrupted && cancel.is_cancelled() {
             return Err(Stop::Interrupted);
         }

@@ -1,0 +1,303 @@
+//! Magic commands: lines starting with `%` that talk to oi rather than to the model.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use serde_json::json;
+
+use super::Chat;
+use crate::core::messages::{parse_conversation, Message, MessageType, Role};
+use crate::core::respond::Request;
+
+const HELP: &str = "\
+Magic commands:
+  %help                   this list
+  %reset                  forget the conversation and start a fresh sandbox
+  %undo                   remove your last message and everything after it
+  %verbose [on|off]       show active lines and more detail
+  %tokens                 context size and, where prices are known, the cost so far
+  %info                   model, endpoint, sandbox settings, container
+  %save_message [path]    save the conversation as JSON (default messages.json)
+  %load_message [path]    load a conversation saved with %save_message
+  %jupyter [path]         export the conversation as a notebook (default conversation.ipynb)
+  %% <command>            run a shell command in the sandbox (not shown to the model)
+Ctrl-C stops the model or the running code; Ctrl-C on an empty prompt or Ctrl-D leaves.";
+
+/// Runs one magic command line.
+pub async fn run(chat: &mut Chat, line: &str) -> anyhow::Result<()> {
+    if let Some(command) = line.strip_prefix("%%") {
+        let command = command.trim();
+        if command.is_empty() {
+            bail!("%% needs a shell command, e.g. %% ls -la");
+        }
+        chat.turn(Request::Run {
+            language: "shell".into(),
+            code: command.to_string(),
+        })
+        .await
+        .map_err(|f| f.error)?;
+        return Ok(());
+    }
+    let mut words = line[1..].splitn(2, char::is_whitespace);
+    let name = words.next().unwrap_or("");
+    let arg = words.next().map(str::trim).filter(|a| !a.is_empty());
+    let mut out = std::io::stdout().lock();
+    match name {
+        "help" => writeln!(out, "{HELP}")?,
+        "reset" => {
+            chat.conversation.send(Request::Reset);
+            chat.store.rewrite(&[])?;
+            writeln!(
+                out,
+                "Reset: the conversation is empty and the sandbox is new."
+            )?;
+        }
+        "undo" => {
+            let before = chat.conversation.messages().await.len();
+            chat.conversation.send(Request::Undo);
+            let messages = chat.conversation.messages().await;
+            chat.store.rewrite(&messages)?;
+            writeln!(out, "Removed {} messages.", before - messages.len())?;
+        }
+        "verbose" => {
+            chat.renderer.verbose = match arg {
+                None | Some("on") => true,
+                Some("off") => false,
+                Some(other) => bail!("%verbose takes on or off, not `{other}`"),
+            };
+            writeln!(
+                out,
+                "Verbose {}.",
+                if chat.renderer.verbose { "on" } else { "off" }
+            )?;
+        }
+        "tokens" => {
+            let info = chat
+                .conversation
+                .info()
+                .await
+                .context("the conversation has ended")?;
+            let pct = info.context_tokens as f64 * 100.0 / info.context_window.max(1) as f64;
+            writeln!(
+                out,
+                "Context: {} of {} tokens ({pct:.1}%), counted with {}.",
+                info.context_tokens, info.context_window, info.token_method
+            )?;
+            writeln!(
+                out,
+                "Used so far (as the server reported): {} input, {} output tokens.",
+                info.usage.input_tokens, info.usage.output_tokens
+            )?;
+            match price(&info.model) {
+                Some((input, output)) => {
+                    let cost = info.usage.input_tokens as f64 * input / 1e6
+                        + info.usage.output_tokens as f64 * output / 1e6;
+                    writeln!(
+                        out,
+                        "Estimated cost: ${cost:.4} (at ${input}/${output} per million input/output tokens for {}).",
+                        info.model
+                    )?;
+                }
+                None => writeln!(out, "No price is known for {}.", info.model)?,
+            }
+        }
+        "info" => {
+            let info = chat
+                .conversation
+                .info()
+                .await
+                .context("the conversation has ended")?;
+            writeln!(out, "Model:     {} ({})", info.model, info.provider)?;
+            writeln!(
+                out,
+                "Mode:      {}, vision {}, auto-run {}",
+                if info.functions {
+                    "function calling"
+                } else {
+                    "text (fenced blocks)"
+                },
+                if info.vision { "on" } else { "off" },
+                if info.auto_run { "on" } else { "off" }
+            )?;
+            writeln!(
+                out,
+                "Context:   {} of {} tokens",
+                info.context_tokens, info.context_window
+            )?;
+            writeln!(
+                out,
+                "Messages:  {} (saved to {})",
+                info.messages,
+                chat.store.path().display()
+            )?;
+            match &info.session {
+                Some(s) => writeln!(
+                    out,
+                    "Sandbox:   {} {}",
+                    if s.sandboxed {
+                        "container"
+                    } else {
+                        "UNSAFE: host process"
+                    },
+                    s.container_id
+                        .as_deref()
+                        .map(|c| &c[..c.len().min(12)])
+                        .unwrap_or(&s.id)
+                )?,
+                None => writeln!(out, "Sandbox:   not started yet")?,
+            }
+            if chat.config.sandbox.backend == crate::core::code_interpreter::Backend::Docker {
+                for setting in chat.config.sandbox.hardening.describe() {
+                    let mark = if setting.safe_default {
+                        ""
+                    } else {
+                        "  (loosened)"
+                    };
+                    writeln!(out, "  {:<18} {}{mark}", setting.name, setting.value)?;
+                }
+            }
+        }
+        "save_message" => {
+            let path = PathBuf::from(arg.unwrap_or("messages.json"));
+            let messages = chat.conversation.messages().await;
+            std::fs::write(&path, serde_json::to_string_pretty(&messages)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            writeln!(
+                out,
+                "Saved {} messages to {}.",
+                messages.len(),
+                path.display()
+            )?;
+        }
+        "load_message" => {
+            let path = PathBuf::from(arg.unwrap_or("messages.json"));
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let messages = parse_conversation(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            chat.conversation.send(Request::Load(messages.clone()));
+            chat.store.rewrite(&messages)?;
+            drop(out);
+            for message in &messages {
+                chat.renderer.message(message)?;
+            }
+            chat.renderer.finish_open()?;
+            println!(
+                "Loaded {} messages from {}.",
+                messages.len(),
+                path.display()
+            );
+        }
+        "jupyter" => {
+            let path = PathBuf::from(arg.unwrap_or("conversation.ipynb"));
+            let messages = chat.conversation.messages().await;
+            std::fs::write(&path, serde_json::to_string_pretty(&notebook(&messages))?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            writeln!(out, "Exported the conversation to {}.", path.display())?;
+        }
+        _ => bail!("unknown magic command `%{name}`.\n{HELP}"),
+    }
+    Ok(())
+}
+
+/// Dollars per million input and output tokens, for models whose list price is known.
+fn price(model: &str) -> Option<(f64, f64)> {
+    let m = model.rsplit('/').next().unwrap_or(model);
+    let table: &[(&str, f64, f64)] = &[
+        ("gpt-4o-mini", 0.15, 0.60),
+        ("gpt-4o", 2.50, 10.0),
+        ("gpt-4.1-nano", 0.10, 0.40),
+        ("gpt-4.1-mini", 0.40, 1.60),
+        ("gpt-4.1", 2.0, 8.0),
+        ("gpt-5-nano", 0.05, 0.40),
+        ("gpt-5-mini", 0.25, 2.0),
+        ("gpt-5", 1.25, 10.0),
+        ("o4-mini", 1.10, 4.40),
+        ("o3", 2.0, 8.0),
+        ("claude-3-5-haiku", 0.80, 4.0),
+        ("claude-haiku-4", 1.0, 5.0),
+        ("claude-sonnet-4", 3.0, 15.0),
+        ("claude-3-7-sonnet", 3.0, 15.0),
+        ("claude-opus-4", 15.0, 75.0),
+    ];
+    table
+        .iter()
+        .find(|(prefix, _, _)| m.starts_with(prefix))
+        .map(|(_, i, o)| (*i, *o))
+}
+
+/// The conversation as a Jupyter notebook: prose as markdown cells, code with its
+/// output (and images) as code cells.
+pub fn notebook(messages: &[Message]) -> serde_json::Value {
+    let mut cells: Vec<serde_json::Value> = Vec::new();
+    let lines =
+        |text: &str| -> Vec<String> { text.split_inclusive('\n').map(str::to_string).collect() };
+    for message in messages {
+        match (message.role, message.kind) {
+            (Role::User, MessageType::Message) => cells.push(json!({
+                "cell_type": "markdown", "metadata": {}, "source": lines(&format!("**User:** {}", message.content))})),
+            (Role::Assistant, MessageType::Message) => cells.push(json!({
+                "cell_type": "markdown", "metadata": {}, "source": lines(&message.content)})),
+            (Role::Assistant, MessageType::Code) => {
+                let source = if message.format.as_deref() == Some("shell") {
+                    format!("%%bash\n{}", message.content)
+                } else {
+                    message.content.clone()
+                };
+                cells.push(json!({"cell_type": "code", "execution_count": null, "metadata": {},
+                    "source": lines(&source), "outputs": []}));
+            }
+            (Role::Computer, MessageType::Console) => {
+                if let Some(cell) = cells.last_mut().filter(|c| c["cell_type"] == "code") {
+                    cell["outputs"].as_array_mut().unwrap().push(json!({
+                        "output_type": "stream", "name": "stdout", "text": lines(&message.content)}));
+                }
+            }
+            (Role::Computer, MessageType::Image) => {
+                if let Some(cell) = cells.last_mut().filter(|c| c["cell_type"] == "code") {
+                    let mime = format!("image/{}", message.format.as_deref().unwrap_or("base64.png").trim_start_matches("base64."));
+                    cell["outputs"].as_array_mut().unwrap().push(json!({
+                        "output_type": "display_data", "metadata": {}, "data": {mime: message.content}}));
+                }
+            }
+            _ => {}
+        }
+    }
+    json!({
+        "cells": cells,
+        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                     "language_info": {"name": "python"}},
+        "nbformat": 4,
+        "nbformat_minor": 5
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notebook_has_code_cells_with_their_output() {
+        let nb = notebook(&[
+            Message::user("plot it"),
+            Message::code("python", "print(42)"),
+            Message::console("42\n"),
+            Message::image("png", "AAAA"),
+            Message::assistant("Done."),
+        ]);
+        let cells = nb["cells"].as_array().unwrap();
+        assert_eq!(cells.len(), 3);
+        assert_eq!(cells[1]["source"], json!(["print(42)"]));
+        assert_eq!(cells[1]["outputs"][0]["text"], json!(["42\n"]));
+        assert_eq!(cells[1]["outputs"][1]["data"]["image/png"], "AAAA");
+        assert_eq!(nb["nbformat"], 4);
+    }
+
+    #[test]
+    fn prices_by_prefix() {
+        assert_eq!(price("gpt-4o-mini-2024-07-18"), Some((0.15, 0.60)));
+        assert_eq!(price("openai/gpt-4o"), Some((2.5, 10.0)));
+        assert_eq!(price("llama3.1"), None);
+    }
+}

@@ -1,0 +1,568 @@
+//! The chat's settings, from every place a user puts them, in increasing precedence:
+//! oi's defaults, `~/.config/oi/config.toml`, a profile in it (`--profile NAME`), the
+//! project's `oi.toml` (found from the current directory upwards), environment
+//! variables, `--local`, and flags. Each value remembers where it came from, for
+//! `oi config`.
+//!
+//! Every layer is checked against one schema ([`Settings`]): an unknown key or a wrong
+//! type is an error naming the key and the file. The result becomes core's
+//! [`Config`]; nothing past this module reads files or the environment.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use serde::{Deserialize, Serialize};
+
+use super::cli::{ChatArgs, SandboxArgs};
+use super::setup;
+use crate::core::config::{Config, ToolMode};
+use crate::core::llm::{Endpoint, ProviderKind};
+
+/// One layer's settings: the keys of `config.toml`, a profile, or `oi.toml`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub model: Option<String>,
+    pub provider: Option<ProviderKind>,
+    pub api_base: Option<String>,
+    pub api_key: Option<String>,
+    pub auto_run: Option<bool>,
+    pub context_window: Option<usize>,
+    pub max_tokens: Option<u32>,
+    pub max_output: Option<usize>,
+    pub max_iterations: Option<usize>,
+    pub temperature: Option<f32>,
+    pub system_message: Option<String>,
+    pub custom_instructions: Option<String>,
+    /// `auto`, `functions` or `text`.
+    pub tool_mode: Option<ToolMode>,
+    pub vision: Option<bool>,
+    /// Seconds a model's stream may stay silent.
+    pub idle_timeout: Option<f64>,
+    pub verbose: Option<bool>,
+    pub sandbox: Option<SandboxSettings>,
+}
+
+/// The `[sandbox]` table: the same settings as the sandbox flags.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSettings {
+    /// Run code on this machine, with no sandbox.
+    #[serde(rename = "unsafe")]
+    pub unsafe_mode: Option<bool>,
+    pub network: Option<bool>,
+    pub writable_root: Option<bool>,
+    pub keep_capabilities: Option<bool>,
+    /// `2g`, `512m` or `none`.
+    pub memory: Option<Limit>,
+    pub cpus: Option<Limit>,
+    pub pids: Option<Limit>,
+    pub user: Option<String>,
+    /// Seconds a block may run.
+    pub timeout: Option<f64>,
+    pub image: Option<String>,
+    pub base_image: Option<String>,
+    /// Languages run from files: `NAME:EXTENSION:COMMAND`.
+    pub languages: Option<Vec<String>>,
+}
+
+/// A limit written as a number or as text (`2g`, `none`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Limit {
+    Number(f64),
+    Text(String),
+}
+
+impl Limit {
+    fn text(&self) -> String {
+        match self {
+            Limit::Number(n) if n.fract() == 0.0 => format!("{}", *n as i64),
+            Limit::Number(n) => n.to_string(),
+            Limit::Text(t) => t.clone(),
+        }
+    }
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source(pub String);
+
+/// The merged settings and, per key (`model`, `sandbox.memory`), the source that set it.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    values: BTreeMap<String, (toml::Value, Source)>,
+    /// The files that were read, in order.
+    pub files: Vec<PathBuf>,
+}
+
+/// Where oi's files live (XDG, with the usual fallbacks).
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub config_file: PathBuf,
+    pub data_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl Paths {
+    pub fn from_env() -> Paths {
+        let home = std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(PathBuf::from);
+        let xdg = |var: &str, fallback: &str| {
+            std::env::var_os(var)
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| home.as_ref().map(|h| h.join(fallback)))
+                .unwrap_or_else(std::env::temp_dir)
+                .join("oi")
+        };
+        Paths {
+            config_file: xdg("XDG_CONFIG_HOME", ".config").join("config.toml"),
+            data_dir: xdg("XDG_DATA_HOME", ".local/share"),
+            state_dir: xdg("XDG_STATE_HOME", ".local/state"),
+        }
+    }
+}
+
+/// `oi.toml` in `start` or the nearest folder above it.
+pub fn find_project_file(start: &Path) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .map(|dir| dir.join("oi.toml"))
+        .find(|file| file.is_file())
+}
+
+impl Resolved {
+    /// Reads every layer. `env` is the environment to use (tests pass their own).
+    pub fn load(
+        paths: &Paths,
+        cwd: &Path,
+        env: &BTreeMap<String, String>,
+        args: &ChatArgs,
+        sandbox: &SandboxArgs,
+    ) -> anyhow::Result<Resolved> {
+        let mut resolved = Resolved::default();
+        let profile = args
+            .profile
+            .clone()
+            .or_else(|| env.get("OI_PROFILE").cloned().filter(|p| !p.is_empty()));
+        let mut profiles = BTreeMap::new();
+        if paths.config_file.is_file() {
+            let (table, found) = read_file(&paths.config_file, true)?;
+            profiles = found;
+            resolved.add(&table, &source_of(&paths.config_file));
+            resolved.files.push(paths.config_file.clone());
+        }
+        if let Some(name) = &profile {
+            let Some(table) = profiles.get(name) else {
+                let names: Vec<&String> = profiles.keys().collect();
+                bail!(
+                    "no profile `{name}` in {}{}",
+                    paths.config_file.display(),
+                    if names.is_empty() {
+                        " (it defines none; add a [profiles.NAME] table)".to_string()
+                    } else {
+                        format!(
+                            "; it defines: {}",
+                            names
+                                .iter()
+                                .map(|n| n.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                );
+            };
+            let source = format!("{} [profiles.{name}]", source_of(&paths.config_file));
+            resolved.add(table, &source);
+        }
+        if let Some(project) = find_project_file(cwd) {
+            let (table, _) = read_file(&project, false)?;
+            resolved.add(&table, &source_of(&project));
+            resolved.files.push(project);
+        }
+        for (var, key) in [
+            ("OI_MODEL", "model"),
+            ("OI_API_BASE", "api_base"),
+            ("OI_API_KEY", "api_key"),
+        ] {
+            if let Some(value) = env.get(var).filter(|v| !v.is_empty()) {
+                resolved.set(
+                    key,
+                    toml::Value::String(value.clone()),
+                    &format!("env {var}"),
+                );
+            }
+        }
+        if args.local {
+            let source = "--local";
+            resolved.set("provider", "openai".into(), source);
+            resolved.set("api_base", LOCAL_API_BASE.into(), source);
+            if !env.contains_key("OI_MODEL") {
+                resolved.set("model", LOCAL_MODEL.into(), source);
+            }
+        }
+        resolved.add_flags(args, sandbox);
+        // Vendors' variables, for the provider the settings chose, unless a layer above
+        // the files set the value (OI_*, --local, a flag).
+        let provider = resolved.provider();
+        let (key_var, base_var) = match provider {
+            ProviderKind::OpenAi => ("OPENAI_API_KEY", "OPENAI_BASE_URL"),
+            ProviderKind::Anthropic => ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"),
+        };
+        for (var, key) in [(key_var, "api_key"), (base_var, "api_base")] {
+            let set_above_files = resolved
+                .values
+                .get(key)
+                .is_some_and(|(_, s)| s.0.starts_with("env ") || s.0.starts_with("--"));
+            if let Some(value) = env.get(var).filter(|v| !v.is_empty()) {
+                if !set_above_files {
+                    resolved.set(
+                        key,
+                        toml::Value::String(value.clone()),
+                        &format!("env {var}"),
+                    );
+                }
+            }
+        }
+        Ok(resolved)
+    }
+
+    fn add(&mut self, table: &toml::Table, source: &str) {
+        for (key, value) in table {
+            match value {
+                toml::Value::Table(inner) if key == "sandbox" => {
+                    for (k, v) in inner {
+                        self.set(&format!("sandbox.{k}"), v.clone(), source);
+                    }
+                }
+                _ => self.set(key, value.clone(), source),
+            }
+        }
+    }
+
+    fn set(&mut self, key: &str, value: toml::Value, source: &str) {
+        self.values
+            .insert(key.to_string(), (value, Source(source.to_string())));
+    }
+
+    fn add_flags(&mut self, a: &ChatArgs, s: &SandboxArgs) {
+        let mut flag = |key: &str, name: &str, value: Option<toml::Value>| {
+            if let Some(v) = value {
+                self.set(key, v, name);
+            }
+        };
+        let text = |v: &Option<String>| v.clone().map(toml::Value::String);
+        let on = |b: bool| b.then_some(toml::Value::Boolean(true));
+        flag("model", "--model", text(&a.model));
+        flag("api_base", "--api-base", text(&a.api_base));
+        flag("api_key", "--api-key", text(&a.api_key));
+        flag("provider", "--provider", text(&a.provider));
+        flag("auto_run", "--auto-run", on(a.auto_run));
+        flag(
+            "context_window",
+            "--context-window",
+            a.context_window.map(|n| (n as i64).into()),
+        );
+        flag(
+            "max_tokens",
+            "--max-tokens",
+            a.max_tokens.map(|n| (n as i64).into()),
+        );
+        flag(
+            "max_output",
+            "--max-output",
+            a.max_output.map(|n| (n as i64).into()),
+        );
+        flag(
+            "max_iterations",
+            "--max-iterations",
+            a.max_iterations.map(|n| (n as i64).into()),
+        );
+        flag(
+            "temperature",
+            "--temperature",
+            a.temperature.map(|t| (t as f64).into()),
+        );
+        flag(
+            "system_message",
+            "--system-message",
+            text(&a.system_message),
+        );
+        flag(
+            "custom_instructions",
+            "--custom-instructions",
+            text(&a.custom_instructions),
+        );
+        flag(
+            "tool_mode",
+            "--no-functions",
+            a.no_functions.then(|| "text".into()),
+        );
+        flag("verbose", "--verbose", on(s.verbose));
+        flag("sandbox.unsafe", "--unsafe", on(s.r#unsafe));
+        flag("sandbox.unsafe", "--safe", a.safe.then_some(false.into()));
+        flag("sandbox.network", "--network", on(s.network));
+        flag(
+            "sandbox.writable_root",
+            "--writable-root",
+            on(s.writable_root),
+        );
+        flag(
+            "sandbox.keep_capabilities",
+            "--keep-capabilities",
+            on(s.keep_capabilities),
+        );
+        flag("sandbox.memory", "--memory", text(&s.memory));
+        flag("sandbox.cpus", "--cpus", text(&s.cpus));
+        flag("sandbox.pids", "--pids", text(&s.pids));
+        flag("sandbox.user", "--user", text(&s.user));
+        flag(
+            "sandbox.timeout",
+            "--timeout",
+            s.timeout.map(toml::Value::Float),
+        );
+        flag("sandbox.image", "--image", text(&s.image));
+        flag("sandbox.base_image", "--base-image", text(&s.base_image));
+        if !s.define_language.is_empty() {
+            let list = s
+                .define_language
+                .iter()
+                .cloned()
+                .map(toml::Value::String)
+                .collect();
+            flag(
+                "sandbox.languages",
+                "--define-language",
+                Some(toml::Value::Array(list)),
+            );
+        }
+    }
+
+    /// The merged settings.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let mut table = toml::Table::new();
+        for (key, (value, _)) in &self.values {
+            match key.split_once('.') {
+                Some((outer, inner)) => {
+                    let entry = table
+                        .entry(outer.to_string())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    if let toml::Value::Table(t) = entry {
+                        t.insert(inner.to_string(), value.clone());
+                    }
+                }
+                None => {
+                    table.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        // Flags and environment values were checked by their parsers; a failure here
+        // names the key and where it came from.
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                let key = self
+                    .values
+                    .iter()
+                    .find(|(k, _)| e.message().contains(k.rsplit('.').next().unwrap_or(k)))
+                    .map(|(k, (_, s))| format!(" ({k} from {})", s.0))
+                    .unwrap_or_default();
+                anyhow!("invalid setting{key}: {}", e.message())
+            })
+    }
+
+    fn provider(&self) -> ProviderKind {
+        if let Some((toml::Value::String(p), _)) = self.values.get("provider") {
+            if p == "anthropic" {
+                return ProviderKind::Anthropic;
+            }
+            return ProviderKind::OpenAi;
+        }
+        let model = match self.values.get("model") {
+            Some((toml::Value::String(m), _)) => m.as_str(),
+            _ => DEFAULT_MODEL,
+        };
+        provider_for(model)
+    }
+
+    /// Every value with its source, secrets masked: what `oi config` prints.
+    pub fn describe(&self) -> Vec<(String, String, String)> {
+        self.values
+            .iter()
+            .map(|(key, (value, source))| {
+                let shown = match (key.as_str(), value) {
+                    ("api_key", toml::Value::String(s)) => mask(s),
+                    (_, toml::Value::String(s)) => format!("{s:?}"),
+                    (_, v) => v.to_string(),
+                };
+                (key.clone(), shown, source.0.clone())
+            })
+            .collect()
+    }
+}
+
+/// The model used when none is configured.
+pub const DEFAULT_MODEL: &str = "gpt-4o";
+const LOCAL_API_BASE: &str = "http://localhost:11434/v1";
+const LOCAL_MODEL: &str = "llama3.1";
+
+/// Anthropic for Claude model names, OpenAI-compatible for everything else.
+pub fn provider_for(model: &str) -> ProviderKind {
+    if model.to_ascii_lowercase().starts_with("claude") {
+        ProviderKind::Anthropic
+    } else {
+        ProviderKind::OpenAi
+    }
+}
+
+/// `sk-proj-abcdef123456` → `sk-p…3456`.
+pub fn mask(secret: &str) -> String {
+    let chars: Vec<char> = secret.chars().collect();
+    if chars.len() <= 8 {
+        return "****".into();
+    }
+    let head: String = chars[..4].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}…{tail}")
+}
+
+fn source_of(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Parses and checks a settings file; returns its table and, for the user's config,
+/// its profiles (each checked too).
+fn read_file(
+    path: &Path,
+    allow_profiles: bool,
+) -> anyhow::Result<(toml::Table, BTreeMap<String, toml::Table>)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let mut profiles = BTreeMap::new();
+    if allow_profiles {
+        if let Some(value) = table.remove("profiles") {
+            let toml::Value::Table(all) = value else {
+                bail!(
+                    "{}: `profiles` must be a table of [profiles.NAME] tables",
+                    path.display()
+                );
+            };
+            for (name, profile) in all {
+                let toml::Value::Table(profile) = profile else {
+                    bail!("{}: profiles.{name} must be a table", path.display());
+                };
+                check(&profile, path, &format!(" in [profiles.{name}]"))?;
+                profiles.insert(name, profile);
+            }
+        }
+    }
+    check(&table, path, "")?;
+    Ok((table, profiles))
+}
+
+/// Checks a table against the schema; an error names the key it is about.
+fn check(table: &toml::Table, path: &Path, place: &str) -> anyhow::Result<()> {
+    let parse = |t: toml::Table| Settings::deserialize(toml::Value::Table(t)).map(|_| ());
+    let Err(whole) = parse(table.clone()) else {
+        return Ok(());
+    };
+    // Deserializing a value loses the key's name: find it by trying keys one by one.
+    for (key, value) in table {
+        let Err(err) = parse(toml::Table::from_iter([(key.clone(), value.clone())])) else {
+            continue;
+        };
+        let mut name = key.clone();
+        let mut message = err.message().to_string();
+        if let (true, toml::Value::Table(inner)) = (key == "sandbox", value) {
+            for (k, v) in inner {
+                let one = toml::Table::from_iter([(k.clone(), v.clone())]);
+                if let Err(e) = parse(toml::Table::from_iter([(
+                    key.clone(),
+                    toml::Value::Table(one),
+                )])) {
+                    name = format!("sandbox.{k}");
+                    message = e.message().to_string();
+                    break;
+                }
+            }
+        }
+        bail!("{}{place}: `{name}`: {message}", path.display());
+    }
+    bail!("{}{place}: {}", path.display(), whole.message())
+}
+
+/// Turns the merged settings into core's configuration.
+pub fn core_config(settings: &Settings) -> anyhow::Result<Config> {
+    let model = settings
+        .model
+        .clone()
+        .unwrap_or_else(|| DEFAULT_MODEL.into());
+    let provider = settings.provider.unwrap_or_else(|| provider_for(&model));
+    let default_base = match provider {
+        ProviderKind::OpenAi => "https://api.openai.com/v1",
+        ProviderKind::Anthropic => "https://api.anthropic.com",
+    };
+    let base = settings
+        .api_base
+        .clone()
+        .unwrap_or_else(|| default_base.into());
+    let key = settings.api_key.clone().filter(|k| !k.is_empty());
+    let mut endpoint = match provider {
+        ProviderKind::OpenAi => Endpoint::openai(base, key),
+        ProviderKind::Anthropic => Endpoint::anthropic(base, key),
+    };
+    endpoint.proxy = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|p| !p.is_empty()));
+    endpoint.no_proxy = ["NO_PROXY", "no_proxy"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok());
+    if let Some(secs) = settings.idle_timeout {
+        if !(secs > 0.0 && secs.is_finite()) {
+            bail!("idle_timeout: expected a positive number of seconds");
+        }
+        endpoint.idle_timeout = Duration::from_secs_f64(secs);
+    }
+    let mut config = Config::new(model, endpoint);
+    config.tool_mode = settings.tool_mode.unwrap_or_default();
+    config.context_window = settings.context_window;
+    config.max_tokens = settings.max_tokens;
+    config.temperature = settings.temperature;
+    config.system_message = settings.system_message.clone();
+    config.custom_instructions = settings.custom_instructions.clone();
+    config.auto_run = settings.auto_run.unwrap_or(false);
+    if let Some(n) = settings.max_output {
+        config.max_output = n.max(100);
+    }
+    if let Some(n) = settings.max_iterations {
+        if n == 0 {
+            bail!("max_iterations must be at least 1");
+        }
+        config.max_iterations = n;
+    }
+    config.vision = settings.vision;
+    let sandbox = settings.sandbox.clone().unwrap_or_default();
+    let args = SandboxArgs {
+        r#unsafe: sandbox.unsafe_mode.unwrap_or(false),
+        network: sandbox.network.unwrap_or(false),
+        writable_root: sandbox.writable_root.unwrap_or(false),
+        keep_capabilities: sandbox.keep_capabilities.unwrap_or(false),
+        memory: sandbox.memory.as_ref().map(Limit::text),
+        cpus: sandbox.cpus.as_ref().map(Limit::text),
+        pids: sandbox.pids.as_ref().map(Limit::text),
+        user: sandbox.user.clone(),
+        timeout: sandbox.timeout,
+        image: sandbox.image.clone(),
+        base_image: sandbox.base_image.clone(),
+        define_language: sandbox.languages.clone().unwrap_or_default(),
+        verbose: settings.verbose.unwrap_or(false),
+    };
+    config.sandbox = setup::config_from(&args)?;
+    Ok(config)
+}

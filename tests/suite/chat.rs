@@ -1,0 +1,475 @@
+//! The `oi` chat as a user and a CI job run it: JSON lines and exit codes, settings and
+//! their precedence, saved and resumed conversations, and a real terminal (a pty)
+//! against the scripted model server and the real Docker sandbox.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::image;
+use super::llm_server::{error, openai, ScriptedServer};
+
+/// A home of its own for each test: config, data and history go there.
+struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    fn new() -> Home {
+        Home {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn config_file(&self) -> PathBuf {
+        self.path().join("config/oi/config.toml")
+    }
+
+    fn write_config(&self, text: &str) {
+        std::fs::create_dir_all(self.config_file().parent().unwrap()).unwrap();
+        std::fs::write(self.config_file(), text).unwrap();
+    }
+
+    fn conversations(&self) -> PathBuf {
+        self.path().join("data/oi/conversations")
+    }
+
+    /// `oi` with this home, in `cwd`, with no model settings from the outside.
+    fn oi(&self, cwd: &Path) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_oi"));
+        cmd.current_dir(cwd)
+            .env("HOME", self.path())
+            .env("XDG_CONFIG_HOME", self.path().join("config"))
+            .env("XDG_DATA_HOME", self.path().join("data"))
+            .env("XDG_STATE_HOME", self.path().join("state"))
+            .env("XDG_CACHE_HOME", self.path().join("cache"))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        for var in [
+            "OI_MODEL",
+            "OI_API_BASE",
+            "OI_API_KEY",
+            "OI_PROFILE",
+            "OPENAI_API_KEY",
+            "OPENAI_BASE_URL",
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_BASE_URL",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+}
+
+async fn run(cmd: &mut tokio::process::Command) -> Run {
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("oi finished within 120 s")
+        .expect("oi runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn model_args(server: &ScriptedServer) -> Vec<String> {
+    vec![
+        "--api-base".into(),
+        server.base_url(),
+        "--model".into(),
+        "test-model".into(),
+        "--api-key".into(),
+        "sk-test".into(),
+    ]
+}
+
+#[tokio::test]
+async fn ci_mode_prints_json_lines_and_exits_0() {
+    if image().is_none() {
+        return;
+    }
+    let server = ScriptedServer::start(vec![
+        openai::execute("python", "x = 6*7"),
+        openai::execute("python", "print(x)"),
+        openai::text(&["The answer is 42."]),
+    ])
+    .await;
+    let home = Home::new();
+    let r = run(home
+        .oi(home.path())
+        .args(["-y", "--json"])
+        .args(model_args(&server))
+        .arg("What is 6*7?"))
+    .await;
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let lines = r.json();
+    // Line by line: the user's message, then for each block its chunks and result.
+    assert_eq!(
+        lines[0],
+        serde_json::json!({"role": "server", "type": "message_complete",
+            "content": {"role": "user", "type": "message", "content": "What is 6*7?"}})
+    );
+    assert_eq!(
+        lines[1],
+        serde_json::json!({"role": "assistant", "type": "code", "format": "python", "start": true})
+    );
+    let console: String = lines
+        .iter()
+        .filter(|l| l["type"] == "console" && l["format"] == "output")
+        .filter_map(|l| l["content"].as_str())
+        .collect();
+    assert_eq!(console, "42\n");
+    assert_eq!(
+        lines.last().unwrap(),
+        &serde_json::json!({"role": "server", "type": "turn_end", "format": "finished"})
+    );
+    assert!(
+        lines.iter().all(|l| l["role"].is_string()),
+        "every line is LMC-shaped"
+    );
+    assert!(!r.stderr.contains("error"), "{}", r.stderr);
+    // The conversation was saved as it went.
+    let saved: Vec<PathBuf> = std::fs::read_dir(home.conversations())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    assert_eq!(saved.len(), 1);
+    let text = std::fs::read_to_string(&saved[0]).unwrap();
+    assert_eq!(text.lines().count(), 6, "{text}");
+}
+
+#[tokio::test]
+async fn exit_codes_say_how_the_run_ended() {
+    if image().is_none() {
+        return;
+    }
+    let home = Home::new();
+    // The model's server refuses the key: 3.
+    let server =
+        ScriptedServer::start(vec![error(401, r#"{"error":{"message":"bad key"}}"#)]).await;
+    let r = run(home
+        .oi(home.path())
+        .args(["-y", "--json"])
+        .args(model_args(&server))
+        .arg("hi"))
+    .await;
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let error = r.json().into_iter().find(|l| l["type"] == "error").unwrap();
+    assert_eq!(error["format"], "auth");
+    // The iteration cap: 4.
+    let server = ScriptedServer::start(vec![
+        openai::execute("python", "1"),
+        openai::execute("python", "2"),
+    ])
+    .await;
+    let r = run(home
+        .oi(home.path())
+        .args(["-y", "--json", "--max-iterations", "2"])
+        .args(model_args(&server))
+        .arg("loop"))
+    .await;
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    // No -y and no terminal: the block is declined, said on stderr: 5.
+    let server = ScriptedServer::start(vec![openai::execute("python", "print(1)")]).await;
+    let r = run(home
+        .oi(home.path())
+        .arg("--plain")
+        .args(model_args(&server))
+        .arg("run"))
+    .await;
+    assert_eq!(r.code, 5, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("pass -y (--auto-run)"), "{}", r.stderr);
+    assert!(
+        r.stdout.contains("```python\nprint(1)\n```"),
+        "plain output: {}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("The user declined to run this code."),
+        "{}",
+        r.stdout
+    );
+}
+
+#[tokio::test]
+async fn no_model_configured_says_how_to_configure_one() {
+    let home = Home::new();
+    let r = run(home.oi(home.path()).args(["-y", "hello"])).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("no model is configured"), "{}", r.stderr);
+    assert!(r.stderr.contains("export OPENAI_API_KEY"), "{}", r.stderr);
+    assert!(r.stderr.contains("oi --local"), "{}", r.stderr);
+}
+
+#[tokio::test]
+async fn settings_layer_in_order_and_oi_config_names_each_source() {
+    let home = Home::new();
+    home.write_config(
+        r#"
+model = "from-user-file"
+max_output = 1000
+temperature = 0.5
+[sandbox]
+memory = "1g"
+[profiles.work]
+model = "from-profile"
+max_iterations = 7
+"#,
+    );
+    let project = home.path().join("project/sub");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(
+        home.path().join("project/oi.toml"),
+        "max_output = 2000\n[sandbox]\nnetwork = true\n",
+    )
+    .unwrap();
+    let r = run(home
+        .oi(&project)
+        .args(["config", "--profile", "work", "--temperature", "0.1"])
+        .env("OPENAI_API_KEY", "sk-abcdefghijklmnop")
+        .env("OI_API_BASE", "http://env.example/v1"))
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let line = |key: &str| {
+        r.stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("no {key} in\n{}", r.stdout))
+            .to_string()
+    };
+    let user = home.config_file().display().to_string();
+    assert!(
+        line("model").contains("\"from-profile\"") && line("model").contains("[profiles.work]")
+    );
+    assert!(line("max_iterations").contains("7"));
+    assert!(line("max_output").contains("2000") && line("max_output").contains("project/oi.toml"));
+    assert!(
+        line("temperature").contains("0.1") && line("temperature").ends_with("# --temperature")
+    );
+    assert!(line("sandbox.memory").contains("\"1g\"") && line("sandbox.memory").contains(&user));
+    assert!(line("sandbox.network").contains("true"));
+    assert!(
+        line("api_base").contains("http://env.example/v1")
+            && line("api_base").ends_with("# env OI_API_BASE")
+    );
+    assert!(
+        line("api_key").contains("sk-a…mnop") && line("api_key").ends_with("# env OPENAI_API_KEY")
+    );
+    assert!(
+        !r.stdout.contains("sk-abcdefghijklmnop"),
+        "the key is masked"
+    );
+}
+
+#[tokio::test]
+async fn bad_settings_name_the_key_and_the_file() {
+    let home = Home::new();
+    home.write_config("modle = \"gpt-4o\"\n");
+    let r = run(home.oi(home.path()).arg("config")).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("unknown field `modle`"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&home.config_file().display().to_string()),
+        "{}",
+        r.stderr
+    );
+
+    home.write_config("max_output = \"lots\"\n");
+    let r = run(home.oi(home.path()).arg("config")).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("max_output"), "{}", r.stderr);
+    assert!(r.stderr.contains("invalid type"), "{}", r.stderr);
+
+    home.write_config("[sandbox]\nmemroy = \"1g\"\n");
+    let r = run(home.oi(home.path()).arg("config")).await;
+    assert!(r.stderr.contains("unknown field `memroy`"), "{}", r.stderr);
+
+    home.write_config("model = \"m\"\n");
+    let r = run(home.oi(home.path()).args(["config", "--profile", "nope"])).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("no profile `nope`"), "{}", r.stderr);
+
+    home.write_config("model = \"m\n");
+    let r = run(home.oi(home.path()).arg("config")).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("config.toml"), "{}", r.stderr);
+}
+
+#[tokio::test]
+async fn a_saved_conversation_is_resumed_with_its_history() {
+    if image().is_none() {
+        return;
+    }
+    let server = ScriptedServer::start(vec![
+        openai::execute("python", "print(6*7)"),
+        openai::text(&["It is 42."]),
+        openai::text(&["You asked about 6*7."]),
+    ])
+    .await;
+    let home = Home::new();
+    let first = run(home
+        .oi(home.path())
+        .args(["-y", "--json"])
+        .args(model_args(&server))
+        .arg("6*7?"))
+    .await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let r = run(home
+        .oi(home.path())
+        .args(["-y", "--plain", "--resume"])
+        .args(model_args(&server))
+        .arg("what did I ask?"))
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // The history is drawn again, then the new answer.
+    assert!(r.stdout.starts_with("> 6*7?\n"), "{}", r.stdout);
+    assert!(r.stdout.contains("42\n"), "{}", r.stdout);
+    assert!(
+        r.stdout.trim_end().ends_with("You asked about 6*7."),
+        "{}",
+        r.stdout
+    );
+    let sent = &server.requests()[2].body["messages"];
+    assert_eq!(sent[1]["content"], "6*7?");
+    assert_eq!(
+        sent.as_array().unwrap().last().unwrap()["content"],
+        "what did I ask?"
+    );
+    // Both turns are in one file.
+    let listed = run(home
+        .oi(home.path())
+        .arg("--conversations")
+        .args(model_args(&server)))
+    .await;
+    assert_eq!(listed.stdout.lines().count(), 1, "{}", listed.stdout);
+    assert!(
+        listed.stdout.contains("6*7?") && listed.stdout.contains("test-model"),
+        "{}",
+        listed.stdout
+    );
+}
+
+/// A real terminal: the binary in a pty, answering its prompts as a person would.
+mod pty {
+    use super::*;
+    use expectrl::{Eof, Regex, Session};
+
+    fn spawn(home: &Home, server: &ScriptedServer, editor: &str) -> Session {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_oi"));
+        cmd.current_dir(home.path())
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join("config"))
+            .env("XDG_DATA_HOME", home.path().join("data"))
+            .env("XDG_STATE_HOME", home.path().join("state"))
+            .env("TERM", "dumb")
+            .env("EDITOR", editor)
+            .env_remove("VISUAL")
+            .env_remove("OPENAI_API_KEY")
+            .args(model_args(server));
+        let mut session = Session::spawn(cmd).expect("oi starts in a pty");
+        session.set_expect_timeout(Some(Duration::from_secs(60)));
+        session
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_chat_with_confirmations_interrupts_and_magic() {
+        if image().is_none() {
+            return;
+        }
+        let server = ScriptedServer::start(vec![
+            // y
+            openai::execute("python", "x = 41"),
+            openai::text(&["Set."]),
+            // n (the turn ends there)
+            openai::execute("python", "print('never')"),
+            // e: the editor turns 41 into 42
+            openai::execute("python", "print(x + 0)"),
+            openai::text(&["Edited."]),
+            // Ctrl-C during a long block, then a follow-up that sees the state
+            openai::execute("python", "import time\ntime.sleep(60)"),
+            openai::execute("python", "print('x is', x)"),
+            openai::text(&["Still there."]),
+        ])
+        .await;
+        let home = Home::new();
+        let editor = home.path().join("editor.sh");
+        std::fs::write(&editor, "#!/bin/sh\nsed -i 's/x + 0/x + 1/' \"$1\"\n").unwrap();
+        std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let editor = editor.display().to_string();
+        let server_ref = &server;
+        let home_ref = &home;
+        tokio::task::block_in_place(move || {
+            let mut p = spawn(home_ref, server_ref, &editor);
+            p.expect("> ").unwrap();
+            p.send_line("set x").unwrap();
+            p.expect("Run this code?").unwrap();
+            p.send_line("y").unwrap();
+            p.expect("Set.").unwrap();
+
+            p.expect("> ").unwrap();
+            p.send_line("print something").unwrap();
+            p.expect("Run this code?").unwrap();
+            p.send_line("n").unwrap();
+            p.expect("The user declined to run this code.").unwrap();
+
+            p.expect("> ").unwrap();
+            p.send_line("show x").unwrap();
+            p.expect("Run this code?").unwrap();
+            p.send_line("e").unwrap();
+            p.expect("42").unwrap();
+            p.expect("Edited.").unwrap();
+
+            p.expect("> ").unwrap();
+            p.send_line("sleep").unwrap();
+            p.expect("Run this code?").unwrap();
+            p.send_line("a").unwrap();
+            std::thread::sleep(Duration::from_millis(800));
+            p.send(expectrl::ControlCode::EndOfText).unwrap();
+            p.expect("[interrupted by the user]").unwrap();
+            p.expect("> ").unwrap();
+            p.send_line("and x?").unwrap();
+            p.expect("x is 41").unwrap();
+            p.expect("Still there.").unwrap();
+
+            p.expect("> ").unwrap();
+            p.send_line("%% echo from-the-sandbox $((6*7))").unwrap();
+            p.expect("from-the-sandbox 42").unwrap();
+            p.expect("> ").unwrap();
+            p.send_line("%info").unwrap();
+            p.expect(Regex("Sandbox: +container [0-9a-f]{12}")).unwrap();
+            p.expect("> ").unwrap();
+            p.send_line("%nope").unwrap();
+            p.expect("unknown magic command `%nope`").unwrap();
+            p.expect("> ").unwrap();
+            p.send(expectrl::ControlCode::EndOfTransmission).unwrap();
+            p.expect(Eof).unwrap();
+        });
+        // The edited block is what was recorded and sent back.
+        let last = server.requests().pop().unwrap().body;
+        assert!(last.to_string().contains("print(x + 1)"), "{last:#}");
+        assert_eq!(server.remaining(), 0);
+    }
+}
