@@ -473,3 +473,56 @@ mod pty {
         assert_eq!(server.remaining(), 0);
     }
 }
+
+#[tokio::test]
+async fn the_task_can_come_from_stdin() {
+    if image().is_none() {
+        return;
+    }
+    let server = ScriptedServer::start(vec![openai::text(&["Read it."])]).await;
+    let home = Home::new();
+    let mut cmd = home.oi(home.path());
+    cmd.args(["-y", "--json"])
+        .args(model_args(&server))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"summarise this\nsecond line\n")
+            .await
+            .unwrap();
+    }
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        server.requests()[0].body["messages"][1]["content"],
+        "summarise this\nsecond line"
+    );
+}
+
+#[tokio::test]
+async fn docker_down_is_a_clear_error_with_what_to_do() {
+    let server = ScriptedServer::start(vec![openai::text(&["unused"])]).await;
+    let home = Home::new();
+    let r = run(home
+        .oi(home.path())
+        .args(["-y", "--json"])
+        .args(model_args(&server))
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .arg("hi"))
+    .await;
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("/nonexistent/docker.sock"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("--unsafe"), "{}", r.stderr);
+    assert!(
+        server.requests().is_empty(),
+        "nothing was sent to the model"
+    );
+}
