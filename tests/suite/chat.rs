@@ -383,7 +383,7 @@ mod pty {
             .env("XDG_CONFIG_HOME", home.path().join("config"))
             .env("XDG_DATA_HOME", home.path().join("data"))
             .env("XDG_STATE_HOME", home.path().join("state"))
-            .env("TERM", "dumb")
+            .env("TERM", "xterm")
             .env("EDITOR", editor)
             .env_remove("VISUAL")
             .env_remove("OPENAI_API_KEY")
@@ -464,6 +464,9 @@ mod pty {
             p.send_line("%nope").unwrap();
             p.expect("unknown magic command `%nope`").unwrap();
             p.expect("> ").unwrap();
+            // The line editor switches the terminal to raw mode just after drawing the
+            // prompt; a control key sent before that is the terminal's, not the editor's.
+            std::thread::sleep(Duration::from_millis(300));
             p.send(expectrl::ControlCode::EndOfTransmission).unwrap();
             p.expect(Eof).unwrap();
         });
@@ -471,6 +474,100 @@ mod pty {
         let last = server.requests().pop().unwrap().body;
         assert!(last.to_string().contains("print(x + 1)"), "{last:#}");
         assert_eq!(server.remaining(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn magic_commands_multiline_input_and_leaving() {
+        if image().is_none() {
+            return;
+        }
+        let server = ScriptedServer::start(vec![
+            openai::execute("python", "y = 7"),
+            openai::text(&["Done."]),
+            openai::text(&["Second."]),
+            openai::text(&["After load."]),
+        ])
+        .await;
+        let home = Home::new();
+        let work = home.path().to_path_buf();
+        let server_ref = &server;
+        let home_ref = &home;
+        let pid = tokio::task::block_in_place(move || {
+            let mut p = spawn(home_ref, server_ref, "true");
+            let pid = p.get_process().pid().as_raw() as u32;
+            p.expect("> ").unwrap();
+            p.send_line("%help").unwrap();
+            p.expect("%jupyter").unwrap();
+            p.send_line("set y").unwrap();
+            p.expect("Run this code?").unwrap();
+            p.send_line("y").unwrap();
+            p.expect("Done.").unwrap();
+            p.expect("> ").unwrap();
+            // A message over several lines.
+            std::thread::sleep(Duration::from_millis(300));
+            p.send_line("\"\"\"first line").unwrap();
+            p.expect("... ").unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            p.send_line("second line\"\"\"").unwrap();
+            p.expect("Second.").unwrap();
+            p.expect("> ").unwrap();
+            p.send_line("%save_message saved.json").unwrap();
+            p.expect("Saved 6 messages to saved.json.").unwrap();
+            p.send_line("%jupyter").unwrap();
+            p.expect("Exported the conversation to conversation.ipynb.")
+                .unwrap();
+            p.send_line("%tokens").unwrap();
+            p.expect(Regex(r"Context: \d+ of 8192 tokens")).unwrap();
+            p.expect("No price is known for test-model.").unwrap();
+            p.send_line("%undo").unwrap();
+            p.expect("Removed 2 messages.").unwrap();
+            p.send_line("%verbose on").unwrap();
+            p.expect("Verbose on.").unwrap();
+            p.send_line("%reset").unwrap();
+            p.expect("Reset").unwrap();
+            p.send_line("%load_message saved.json").unwrap();
+            p.expect("Loaded 6 messages from saved.json.").unwrap();
+            p.send_line("and now?").unwrap();
+            p.expect("After load.").unwrap();
+            p.expect("> ").unwrap();
+            // Ctrl-C with text on the line clears it; on an empty line it leaves.
+            std::thread::sleep(Duration::from_millis(300));
+            p.send("some text").unwrap();
+            p.send(expectrl::ControlCode::EndOfText).unwrap();
+            p.send(expectrl::ControlCode::EndOfText).unwrap();
+            p.expect(Eof).unwrap();
+            pid
+        });
+        // What the model was sent after %load_message: the saved conversation.
+        let last = &server.requests()[3].body["messages"];
+        let texts: Vec<String> = last
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["content"].as_str().map(str::to_string))
+            .collect();
+        assert!(
+            texts.contains(&"first line\nsecond line".to_string()),
+            "{texts:?}"
+        );
+        assert_eq!(texts.last().unwrap(), "and now?");
+        let notebook: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(work.join("conversation.ipynb")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(notebook["cells"][1]["source"][0], "y = 7");
+        // Leaving removed the sandbox.
+        let engine = oi::core::code_interpreter::Engine::connect(crate::suite::docker_config())
+            .await
+            .unwrap();
+        let left: Vec<_> = engine
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.owner_pid == Some(pid))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }
 
