@@ -376,7 +376,7 @@ mod pty {
     use super::*;
     use expectrl::{Eof, Regex, Session};
 
-    fn spawn(home: &Home, server: &ScriptedServer, editor: &str) -> Session {
+    fn spawn(home: &Home, server: &ScriptedServer, editor: &str, args: &[&str]) -> Session {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_oi"));
         cmd.current_dir(home.path())
             .env("HOME", home.path())
@@ -387,7 +387,8 @@ mod pty {
             .env("EDITOR", editor)
             .env_remove("VISUAL")
             .env_remove("OPENAI_API_KEY")
-            .args(model_args(server));
+            .args(model_args(server))
+            .args(args);
         let mut session = Session::spawn(cmd).expect("oi starts in a pty");
         session.set_expect_timeout(Some(Duration::from_secs(60)));
         session
@@ -422,7 +423,7 @@ mod pty {
         let server_ref = &server;
         let home_ref = &home;
         tokio::task::block_in_place(move || {
-            let mut p = spawn(home_ref, server_ref, &editor);
+            let mut p = spawn(home_ref, server_ref, &editor, &[]);
             p.expect("> ").unwrap();
             p.send_line("set x").unwrap();
             p.expect("Run this code?").unwrap();
@@ -493,7 +494,7 @@ mod pty {
         let server_ref = &server;
         let home_ref = &home;
         let pid = tokio::task::block_in_place(move || {
-            let mut p = spawn(home_ref, server_ref, "true");
+            let mut p = spawn(home_ref, server_ref, "true", &[]);
             let pid = p.get_process().pid().as_raw() as u32;
             p.expect("> ").unwrap();
             p.send_line("%help").unwrap();
@@ -568,6 +569,55 @@ mod pty {
             .filter(|c| c.owner_pid == Some(pid))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn conversations_lists_and_resumes_the_one_picked() {
+        if image().is_none() {
+            return;
+        }
+        let server = ScriptedServer::start(vec![
+            openai::text(&["First answer."]),
+            openai::text(&["Second answer."]),
+            openai::text(&["Back in the first."]),
+        ])
+        .await;
+        let home = Home::new();
+        for message in ["the first conversation", "the second one"] {
+            let r = run(home
+                .oi(home.path())
+                .args(["-y", "--json"])
+                .args(model_args(&server))
+                .arg(message))
+            .await;
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            // Ids carry the second they were made in.
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+        let server_ref = &server;
+        let home_ref = &home;
+        tokio::task::block_in_place(move || {
+            let mut p = spawn(home_ref, server_ref, "true", &["--conversations"]);
+            p.expect(Regex(r"1\. .*test-model +the second one"))
+                .unwrap();
+            p.expect(Regex(r"2\. .*test-model +the first conversation"))
+                .unwrap();
+            p.expect("Resume which?").unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            p.send_line("2").unwrap();
+            p.expect("> the first conversation").unwrap();
+            p.expect("First answer.").unwrap();
+            p.expect("> ").unwrap();
+            p.send_line("go on").unwrap();
+            p.expect("Back in the first.").unwrap();
+            p.expect("> ").unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            p.send(expectrl::ControlCode::EndOfTransmission).unwrap();
+            p.expect(Eof).unwrap();
+        });
+        let sent = &server.requests()[2].body["messages"];
+        assert_eq!(sent[1]["content"], "the first conversation");
+        assert_eq!(sent[2]["content"], "First answer.");
     }
 }
 
