@@ -205,6 +205,14 @@ pub struct SandboxArgs {
     /// made offline by `oi image bootstrap-base`).
     #[arg(long, value_name = "IMAGE", env = "OI_BASE_IMAGE")]
     pub base_image: Option<String>,
+    /// What /workspace is: rw (this folder, read-write; the default), ro (read-only),
+    /// none (an empty folder of the sandbox's own), copy (a copy of this folder; changes
+    /// stay in the sandbox until copied out with %download).
+    #[arg(long, value_name = "MODE", value_parser = ["rw", "ro", "none", "copy"])]
+    pub workspace: Option<String>,
+    /// Mount the folder even if it is /, your home folder, or holds the Docker socket.
+    #[arg(long)]
+    pub mount_anyway: bool,
     /// Declare a language run from files: NAME:EXTENSION:COMMAND, with {file} in COMMAND.
     #[arg(long, value_name = "NAME:EXT:COMMAND")]
     pub define_language: Vec<String>,

@@ -66,6 +66,29 @@ pub struct SandboxSettings {
     pub base_image: Option<String>,
     /// Languages run from files: `NAME:EXTENSION:COMMAND`.
     pub languages: Option<Vec<String>>,
+    /// `rw`, `ro`, `none` or `copy`.
+    pub workspace: Option<WorkspaceMode>,
+}
+
+/// The workspace modes, as `oi.toml` writes them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspaceMode {
+    Rw,
+    Ro,
+    None,
+    Copy,
+}
+
+impl WorkspaceMode {
+    fn name(self) -> &'static str {
+        match self {
+            WorkspaceMode::Rw => "rw",
+            WorkspaceMode::Ro => "ro",
+            WorkspaceMode::None => "none",
+            WorkspaceMode::Copy => "copy",
+        }
+    }
 }
 
 /// A limit written as a number or as text (`2g`, `none`).
@@ -327,6 +350,7 @@ impl Resolved {
         );
         flag("sandbox.image", "--image", text(&s.image));
         flag("sandbox.base_image", "--base-image", text(&s.base_image));
+        flag("sandbox.workspace", "--workspace", text(&s.workspace));
         if !s.define_language.is_empty() {
             let list = s
                 .define_language
@@ -498,7 +522,7 @@ fn check(table: &toml::Table, path: &Path, place: &str) -> anyhow::Result<()> {
 }
 
 /// Turns the merged settings into core's configuration.
-pub fn core_config(settings: &Settings) -> anyhow::Result<Config> {
+pub fn core_config(settings: &Settings, mount_anyway: bool) -> anyhow::Result<Config> {
     let model = settings
         .model
         .clone()
@@ -562,6 +586,8 @@ pub fn core_config(settings: &Settings) -> anyhow::Result<Config> {
         base_image: sandbox.base_image.clone(),
         define_language: sandbox.languages.clone().unwrap_or_default(),
         verbose: settings.verbose.unwrap_or(false),
+        workspace: sandbox.workspace.map(|w| w.name().to_string()),
+        mount_anyway,
     };
     config.sandbox = setup::config_from(&args)?;
     Ok(config)

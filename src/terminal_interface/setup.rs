@@ -2,7 +2,8 @@
 //! engine the way every command wants it: connected, image present (built with a
 //! progress display when missing), containers of dead oi processes swept.
 
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -10,7 +11,7 @@ use anyhow::{anyhow, bail, Context};
 use super::cli::SandboxArgs;
 use super::progress::BuildDisplay;
 use super::Failure;
-use crate::core::code_interpreter::{Backend, Engine, Language, SandboxConfig};
+use crate::core::code_interpreter::{Backend, Engine, Language, SandboxConfig, Workspace};
 
 /// The configuration the flags describe.
 pub fn config_from(args: &SandboxArgs) -> anyhow::Result<SandboxConfig> {
@@ -73,12 +74,101 @@ pub fn config_from(args: &SandboxArgs) -> anyhow::Result<SandboxConfig> {
     for definition in &args.define_language {
         config.languages.add(parse_language(definition)?);
     }
+    let cwd = std::env::current_dir().context("reading the current directory")?;
     if config.backend == Backend::Host {
-        let cwd = std::env::current_dir().context("reading the current directory")?;
-        config.host_workdir = Some(cwd);
+        config.host_workdir = Some(cwd.clone());
         config.host_scratch_dir = Some(cache_dir());
     }
+    config.workspace = workspace(args, &cwd)?;
+    if args.user.is_none() {
+        config.hardening.user = sandbox_user(&config.workspace);
+    }
+    config.workspace_notice = workspace_notice(&config);
     Ok(config)
+}
+
+/// The workspace the flags ask for, refusing folders that would expose the machine.
+pub fn workspace(args: &SandboxArgs, cwd: &Path) -> anyhow::Result<Workspace> {
+    let dir = cwd.to_path_buf();
+    let mode = args.workspace.as_deref().unwrap_or("rw");
+    if mode == "none" {
+        return Ok(Workspace::Empty);
+    }
+    if !args.mount_anyway {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let docker_socket = ["/var/run/docker.sock", "/run/docker.sock"]
+            .into_iter()
+            .map(PathBuf::from)
+            .chain(
+                std::env::var("DOCKER_HOST")
+                    .ok()
+                    .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from)),
+            )
+            .find(|socket| socket.starts_with(&dir));
+        let why = if dir == Path::new("/") {
+            Some("it is the root of this machine".to_string())
+        } else if home.as_deref() == Some(dir.as_path()) {
+            Some("it is your whole home folder".to_string())
+        } else {
+            docker_socket.map(|s| format!("it holds the Docker socket ({}), which would give the sandbox control of Docker", s.display()))
+        };
+        if let Some(why) = why {
+            bail!(
+                "refusing to give the sandbox {} ({mode}): {why}.\n\
+                 Run oi from a project folder, use --workspace none, or pass --mount-anyway.",
+                dir.display()
+            );
+        }
+    }
+    Ok(match mode {
+        "ro" => Workspace::ReadOnly(dir),
+        "copy" => Workspace::Copy(dir),
+        _ => Workspace::ReadWrite(dir),
+    })
+}
+
+/// Who code runs as: the invoking user on a mounted folder, so that what it writes is
+/// theirs; the image's unprivileged user (1000) otherwise, and always instead of root.
+pub fn sandbox_user(workspace: &Workspace) -> String {
+    let me = std::fs::metadata("/proc/self").map(|m| (m.uid(), m.gid()));
+    match (workspace, me) {
+        (Workspace::ReadWrite(_) | Workspace::ReadOnly(_), Ok((uid, gid))) if uid != 0 => {
+            format!("{uid}:{gid}")
+        }
+        _ => "1000:1000".into(),
+    }
+}
+
+/// What the user and the model are told when the sandbox cannot write to a mounted
+/// folder (oi run as root, the folder owned by someone else).
+fn workspace_notice(config: &SandboxConfig) -> Option<String> {
+    let Workspace::ReadWrite(dir) = &config.workspace else {
+        return None;
+    };
+    if config.backend != Backend::Docker {
+        return None;
+    }
+    let (uid, gid) = config.hardening.user.split_once(':')?;
+    let (uid, gid): (u32, u32) = (uid.parse().ok()?, gid.parse().ok()?);
+    let meta = std::fs::metadata(dir).ok()?;
+    let mode = meta.mode();
+    let writable = if meta.uid() == uid {
+        mode & 0o200 != 0
+    } else if meta.gid() == gid {
+        mode & 0o020 != 0
+    } else {
+        mode & 0o002 != 0
+    };
+    (!writable).then(|| {
+        format!(
+            "the sandbox user ({uid}:{gid}) cannot write to {} (owned by {}:{}): code can read \
+             the files but not change them. Use --workspace copy to work on a copy, or run oi \
+             as the folder's owner.",
+            dir.display(),
+            meta.uid(),
+            meta.gid()
+        )
+    })
 }
 
 /// `$XDG_CACHE_HOME/oi`, else `~/.cache/oi`, else the temp dir.
@@ -185,6 +275,48 @@ mod tests {
         assert_eq!(config.hardening.memory_bytes, None);
         assert_eq!(config.hardening.pids_limit, Some(64));
         assert_eq!(config.languages.resolve("node").unwrap().name, "node");
+    }
+
+    #[test]
+    fn dangerous_folders_are_refused_unless_forced() {
+        let args = SandboxArgs::default();
+        for dir in ["/", "/var", "/run"] {
+            let err = workspace(&args, Path::new(dir)).unwrap_err().to_string();
+            assert!(err.contains("--mount-anyway"), "{dir}: {err}");
+        }
+        if let Some(home) = std::env::var_os("HOME").filter(|h| h != "/") {
+            let err = workspace(&args, Path::new(&home)).unwrap_err().to_string();
+            assert!(err.contains("home folder"), "{err}");
+        }
+        let forced = SandboxArgs {
+            mount_anyway: true,
+            ..SandboxArgs::default()
+        };
+        assert_eq!(
+            workspace(&forced, Path::new("/")).unwrap(),
+            Workspace::ReadWrite("/".into())
+        );
+        let none = SandboxArgs {
+            workspace: Some("none".into()),
+            ..SandboxArgs::default()
+        };
+        assert_eq!(workspace(&none, Path::new("/")).unwrap(), Workspace::Empty);
+        let copy = SandboxArgs {
+            workspace: Some("copy".into()),
+            ..SandboxArgs::default()
+        };
+        assert_eq!(
+            workspace(&copy, Path::new("/srv/project")).unwrap(),
+            Workspace::Copy("/srv/project".into())
+        );
+    }
+
+    #[test]
+    fn code_never_runs_as_root() {
+        // Tests run as root here or as a user: either way never uid 0.
+        let user = sandbox_user(&Workspace::ReadWrite("/srv/p".into()));
+        assert!(!user.starts_with("0:"), "{user}");
+        assert_eq!(sandbox_user(&Workspace::Empty), "1000:1000");
     }
 
     #[test]

@@ -26,6 +26,14 @@ impl Home {
         self.dir.path()
     }
 
+    /// The folder oi runs in (mounted as the workspace; not the home folder itself,
+    /// which oi refuses to mount).
+    fn project(&self) -> PathBuf {
+        let dir = self.path().join("project");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     fn config_file(&self) -> PathBuf {
         self.path().join("config/oi/config.toml")
     }
@@ -117,7 +125,7 @@ async fn ci_mode_prints_json_lines_and_exits_0() {
     .await;
     let home = Home::new();
     let r = run(home
-        .oi(home.path())
+        .oi(&home.project())
         .args(["-y", "--json"])
         .args(model_args(&server))
         .arg("What is 6*7?"))
@@ -170,7 +178,7 @@ async fn exit_codes_say_how_the_run_ended() {
     let server =
         ScriptedServer::start(vec![error(401, r#"{"error":{"message":"bad key"}}"#)]).await;
     let r = run(home
-        .oi(home.path())
+        .oi(&home.project())
         .args(["-y", "--json"])
         .args(model_args(&server))
         .arg("hi"))
@@ -185,7 +193,7 @@ async fn exit_codes_say_how_the_run_ended() {
     ])
     .await;
     let r = run(home
-        .oi(home.path())
+        .oi(&home.project())
         .args(["-y", "--json", "--max-iterations", "2"])
         .args(model_args(&server))
         .arg("loop"))
@@ -194,7 +202,7 @@ async fn exit_codes_say_how_the_run_ended() {
     // No -y and no terminal: the block is declined, said on stderr: 5.
     let server = ScriptedServer::start(vec![openai::execute("python", "print(1)")]).await;
     let r = run(home
-        .oi(home.path())
+        .oi(&home.project())
         .arg("--plain")
         .args(model_args(&server))
         .arg("run"))
@@ -216,7 +224,7 @@ async fn exit_codes_say_how_the_run_ended() {
 #[tokio::test]
 async fn no_model_configured_says_how_to_configure_one() {
     let home = Home::new();
-    let r = run(home.oi(home.path()).args(["-y", "hello"])).await;
+    let r = run(home.oi(&home.project()).args(["-y", "hello"])).await;
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("no model is configured"), "{}", r.stderr);
     assert!(r.stderr.contains("export OPENAI_API_KEY"), "{}", r.stderr);
@@ -287,7 +295,7 @@ max_iterations = 7
 async fn bad_settings_name_the_key_and_the_file() {
     let home = Home::new();
     home.write_config("modle = \"gpt-4o\"\n");
-    let r = run(home.oi(home.path()).arg("config")).await;
+    let r = run(home.oi(&home.project()).arg("config")).await;
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("unknown field `modle`"), "{}", r.stderr);
     assert!(
@@ -297,22 +305,25 @@ async fn bad_settings_name_the_key_and_the_file() {
     );
 
     home.write_config("max_output = \"lots\"\n");
-    let r = run(home.oi(home.path()).arg("config")).await;
+    let r = run(home.oi(&home.project()).arg("config")).await;
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("max_output"), "{}", r.stderr);
     assert!(r.stderr.contains("invalid type"), "{}", r.stderr);
 
     home.write_config("[sandbox]\nmemroy = \"1g\"\n");
-    let r = run(home.oi(home.path()).arg("config")).await;
+    let r = run(home.oi(&home.project()).arg("config")).await;
     assert!(r.stderr.contains("unknown field `memroy`"), "{}", r.stderr);
 
     home.write_config("model = \"m\"\n");
-    let r = run(home.oi(home.path()).args(["config", "--profile", "nope"])).await;
+    let r = run(home
+        .oi(&home.project())
+        .args(["config", "--profile", "nope"]))
+    .await;
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("no profile `nope`"), "{}", r.stderr);
 
     home.write_config("model = \"m\n");
-    let r = run(home.oi(home.path()).arg("config")).await;
+    let r = run(home.oi(&home.project()).arg("config")).await;
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("config.toml"), "{}", r.stderr);
 }
@@ -330,14 +341,14 @@ async fn a_saved_conversation_is_resumed_with_its_history() {
     .await;
     let home = Home::new();
     let first = run(home
-        .oi(home.path())
+        .oi(&home.project())
         .args(["-y", "--json"])
         .args(model_args(&server))
         .arg("6*7?"))
     .await;
     assert_eq!(first.code, 0, "{}", first.stderr);
     let r = run(home
-        .oi(home.path())
+        .oi(&home.project())
         .args(["-y", "--plain", "--resume"])
         .args(model_args(&server))
         .arg("what did I ask?"))
@@ -359,7 +370,7 @@ async fn a_saved_conversation_is_resumed_with_its_history() {
     );
     // Both turns are in one file.
     let listed = run(home
-        .oi(home.path())
+        .oi(&home.project())
         .arg("--conversations")
         .args(model_args(&server)))
     .await;
@@ -378,7 +389,7 @@ mod pty {
 
     fn spawn(home: &Home, server: &ScriptedServer, editor: &str, args: &[&str]) -> Session {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_oi"));
-        cmd.current_dir(home.path())
+        cmd.current_dir(home.project())
             .env("HOME", home.path())
             .env("XDG_CONFIG_HOME", home.path().join("config"))
             .env("XDG_DATA_HOME", home.path().join("data"))
@@ -490,11 +501,12 @@ mod pty {
         ])
         .await;
         let home = Home::new();
-        let work = home.path().to_path_buf();
+        let work = home.project();
+        std::fs::write(work.join("data.txt"), "from the host\n").unwrap();
         let server_ref = &server;
         let home_ref = &home;
         let pid = tokio::task::block_in_place(move || {
-            let mut p = spawn(home_ref, server_ref, "true", &[]);
+            let mut p = spawn(home_ref, server_ref, "true", &["--workspace", "none"]);
             let pid = p.get_process().pid().as_raw() as u32;
             p.expect("> ").unwrap();
             p.send_line("%help").unwrap();
@@ -522,6 +534,17 @@ mod pty {
             p.expect("No price is known for test-model.").unwrap();
             p.send_line("%undo").unwrap();
             p.expect("Removed 2 messages.").unwrap();
+            // Files in and out of an empty workspace.
+            p.send_line("%upload data.txt").unwrap();
+            p.expect("Copied data.txt into the workspace").unwrap();
+            p.send_line("%% cat data.txt; echo changed > data.txt")
+                .unwrap();
+            p.expect("from the host").unwrap();
+            p.expect("> ").unwrap();
+            p.send_line("%download data.txt out").unwrap();
+            p.expect("Copied data.txt out: 1 files into out.").unwrap();
+            p.send_line("%download ../etc/passwd").unwrap();
+            p.expect("outside the workspace").unwrap();
             p.send_line("%verbose on").unwrap();
             p.expect("Verbose on.").unwrap();
             p.send_line("%reset").unwrap();
@@ -557,6 +580,14 @@ mod pty {
         )
         .unwrap();
         assert_eq!(notebook["cells"][1]["source"][0], "y = 7");
+        assert_eq!(
+            std::fs::read_to_string(work.join("out/data.txt")).unwrap(),
+            "changed\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(work.join("data.txt")).unwrap(),
+            "from the host\n"
+        );
         // Leaving removed the sandbox.
         let engine = oi::core::code_interpreter::Engine::connect(crate::suite::docker_config())
             .await
@@ -585,7 +616,7 @@ mod pty {
         let home = Home::new();
         for message in ["the first conversation", "the second one"] {
             let r = run(home
-                .oi(home.path())
+                .oi(&home.project())
                 .args(["-y", "--json"])
                 .args(model_args(&server))
                 .arg(message))
@@ -628,7 +659,7 @@ async fn the_task_can_come_from_stdin() {
     }
     let server = ScriptedServer::start(vec![openai::text(&["Read it."])]).await;
     let home = Home::new();
-    let mut cmd = home.oi(home.path());
+    let mut cmd = home.oi(&home.project());
     cmd.args(["-y", "--json"])
         .args(model_args(&server))
         .stdin(std::process::Stdio::piped())
@@ -655,7 +686,7 @@ async fn docker_down_is_a_clear_error_with_what_to_do() {
     let server = ScriptedServer::start(vec![openai::text(&["unused"])]).await;
     let home = Home::new();
     let r = run(home
-        .oi(home.path())
+        .oi(&home.project())
         .args(["-y", "--json"])
         .args(model_args(&server))
         .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")

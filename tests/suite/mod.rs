@@ -7,6 +7,7 @@ mod conversation;
 mod docker_only;
 pub mod llm_server;
 mod sandbox;
+mod workspace;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

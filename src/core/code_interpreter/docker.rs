@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bollard::container::LogOutput;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
     RemoveContainerOptionsBuilder,
@@ -21,7 +21,8 @@ use futures::StreamExt;
 
 use super::connection::{Diagnostics, Transport};
 use super::error::{Result, SandboxError};
-use super::settings::{Hardening, Owner};
+use super::files::{self, WORKSPACE};
+use super::settings::{Hardening, Owner, Workspace};
 
 /// Label on every container oi creates.
 pub const MANAGED_LABEL: &str = "oi.managed";
@@ -144,6 +145,7 @@ pub(crate) fn container_spec(
     image: &str,
     session_id: &str,
     hardening: &Hardening,
+    workspace: &Workspace,
     owner: &Owner,
 ) -> ContainerCreateBody {
     let labels = HashMap::from([
@@ -157,22 +159,28 @@ pub(crate) fn container_spec(
             "/tmp".to_string(),
             format!("rw,exec,nosuid,nodev,size={}", hardening.tmp_bytes),
         );
-        let (uid, gid) = hardening
-            .user
-            .split_once(':')
-            .unwrap_or((&hardening.user, &hardening.user));
-        tmpfs.insert(
-            "/workspace".to_string(),
-            format!(
-                "rw,exec,nosuid,nodev,size={},uid={uid},gid={gid},mode=0755",
-                hardening.workspace_bytes
-            ),
-        );
     }
+    let mount = match workspace {
+        // A volume rather than a tmpfs: Docker's archive API (copying files in and out)
+        // cannot reach a tmpfs. It starts as the image's /workspace (owned by uid 1000).
+        Workspace::Empty | Workspace::Copy(_) => Mount {
+            target: Some(WORKSPACE.to_string()),
+            typ: Some(MountType::VOLUME),
+            ..Default::default()
+        },
+        Workspace::ReadWrite(dir) | Workspace::ReadOnly(dir) => Mount {
+            target: Some(WORKSPACE.to_string()),
+            source: Some(dir.display().to_string()),
+            typ: Some(MountType::BIND),
+            read_only: Some(matches!(workspace, Workspace::ReadOnly(_))),
+            ..Default::default()
+        },
+    };
     let host_config = HostConfig {
         network_mode: Some(if hardening.network { "bridge" } else { "none" }.to_string()),
         readonly_rootfs: Some(hardening.read_only_root),
         tmpfs: Some(tmpfs),
+        mounts: Some(vec![mount]),
         cap_drop: hardening.drop_capabilities.then(|| vec!["ALL".to_string()]),
         security_opt: hardening
             .no_new_privileges
@@ -188,7 +196,7 @@ pub(crate) fn container_spec(
     ContainerCreateBody {
         image: Some(image.to_string()),
         user: Some(hardening.user.clone()),
-        working_dir: Some("/workspace".to_string()),
+        working_dir: Some(WORKSPACE.to_string()),
         attach_stdin: Some(true),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
@@ -208,8 +216,9 @@ pub(crate) async fn start_container(
     image: &str,
     session_id: &str,
     hardening: &Hardening,
+    workspace: &Workspace,
 ) -> Result<(String, Transport)> {
-    let spec = container_spec(image, session_id, hardening, &Owner::current());
+    let spec = container_spec(image, session_id, hardening, workspace, &Owner::current());
     let name = format!("oi-{session_id}");
     let options = CreateContainerOptionsBuilder::default().name(&name).build();
     let created = match docker.create_container(Some(options), spec).await {
@@ -224,6 +233,14 @@ pub(crate) async fn start_container(
         Err(err) => return Err(SandboxError::docker("container create")(err)),
     };
     let id = created.id;
+    if let Workspace::Copy(dir) = workspace {
+        // Before the runner starts: the first block sees the whole copy.
+        if let Err(err) = files::upload_contents(docker, &id, dir, WORKSPACE, &hardening.user).await
+        {
+            let _ = remove(docker, &id).await;
+            return Err(err);
+        }
+    }
     let attached = async {
         let attach = AttachContainerOptionsBuilder::default()
             .stdin(true)
@@ -391,6 +408,7 @@ mod tests {
             "img",
             "s1",
             &Hardening::default(),
+            &Workspace::Empty,
             &Owner {
                 pid: 1,
                 start_time: 2,
@@ -406,9 +424,27 @@ mod tests {
         );
         assert_eq!(host.init, Some(true));
         assert!(host.pids_limit.is_some() && host.memory.is_some() && host.nano_cpus.is_some());
-        assert!(
-            host.binds.is_none() && host.mounts.is_none(),
+        let mounts = host.mounts.unwrap();
+        assert!(host.binds.is_none());
+        assert_eq!(mounts.len(), 1, "only the workspace");
+        assert_eq!(
+            mounts[0].typ,
+            Some(MountType::VOLUME),
             "nothing of the host is mounted"
+        );
+        assert_eq!(mounts[0].target.as_deref(), Some("/workspace"));
+        let mounted = container_spec(
+            "img",
+            "s1",
+            &Hardening::default(),
+            &Workspace::ReadOnly("/home/me/project".into()),
+            &Owner::current(),
+        );
+        let mount = &mounted.host_config.unwrap().mounts.unwrap()[0];
+        assert_eq!(mount.source.as_deref(), Some("/home/me/project"));
+        assert_eq!(
+            (mount.typ, mount.read_only),
+            (Some(MountType::BIND), Some(true))
         );
         assert_eq!(spec.user.as_deref(), Some("1000:1000"));
         assert_eq!(spec.stdin_once, Some(true));

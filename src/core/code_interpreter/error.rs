@@ -68,6 +68,11 @@ pub enum SandboxError {
     /// The session was closed; create a new one.
     #[error("the sandbox session is closed")]
     Closed,
+
+    /// Copying files in or out was refused or failed (a path outside the workspace, an
+    /// archive entry that would escape, a file that exists).
+    #[error("{message}")]
+    Files { message: String },
 }
 
 impl SandboxError {

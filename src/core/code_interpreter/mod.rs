@@ -15,6 +15,7 @@ mod connection;
 pub mod docker;
 mod error;
 mod execution;
+pub mod files;
 mod host;
 pub mod image;
 mod language;
@@ -28,4 +29,4 @@ pub use execution::{CollectedOutput, ExecEvent, ExecOutcome, ExecRequest, ExecSt
 pub use image::BuildProgress;
 pub use language::{Language, LanguageKind, Languages};
 pub use session::{Engine, Session};
-pub use settings::{bytes, Backend, Hardening, Owner, SandboxConfig, Setting};
+pub use settings::{bytes, Backend, Hardening, Owner, SandboxConfig, Setting, Workspace};

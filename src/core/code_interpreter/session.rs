@@ -5,6 +5,7 @@
 //! [`Session`] runs blocks. If a session's container dies, the next block starts a new
 //! one and says, as a notice, that the state was lost.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -15,6 +16,7 @@ use super::connection::{Escalation, RunnerConnection, Transport};
 use super::docker::{self, SandboxInfo};
 use super::error::{Result, SandboxError};
 use super::execution::{ExecEvent, ExecRequest, Execution};
+use super::files;
 use super::host;
 use super::image::{self, BuildProgress};
 use super::settings::{Backend, Hardening, SandboxConfig};
@@ -145,8 +147,14 @@ impl Engine {
     ) -> Result<(Runtime, RunnerConnection)> {
         match (&self.docker, image) {
             (Some(docker), Some(image)) => {
-                let (container, transport) =
-                    docker::start_container(docker, image, id, &self.config.hardening).await?;
+                let (container, transport) = docker::start_container(
+                    docker,
+                    image,
+                    id,
+                    &self.config.hardening,
+                    &self.config.workspace,
+                )
+                .await?;
                 match self.handshake(transport).await {
                     Ok(conn) => Ok((Runtime::Container(container), conn)),
                     Err(err) => {
@@ -236,6 +244,32 @@ impl Session {
     /// The image the session runs, for the Docker backend.
     pub fn image(&self) -> Option<&str> {
         self.image.as_deref()
+    }
+
+    /// Copies a host file or folder into the workspace folder `dest` (relative paths
+    /// are inside `/workspace`). Returns the bytes sent.
+    pub async fn upload(&self, source: &Path, dest: &str) -> Result<u64> {
+        match (&self.runtime, &self.engine.docker) {
+            (Some(Runtime::Container(id)), Some(docker)) => {
+                files::upload(docker, id, source, dest, &self.engine.config.hardening.user).await
+            }
+            _ => Err(SandboxError::Files {
+                message: "--unsafe runs on this machine: its files are already here".into(),
+            }),
+        }
+    }
+
+    /// Copies a workspace file or folder out into the host folder `dest`; refuses
+    /// anything that would land outside it. Returns the paths written.
+    pub async fn download(&self, source: &str, dest: &Path) -> Result<Vec<PathBuf>> {
+        match (&self.runtime, &self.engine.docker) {
+            (Some(Runtime::Container(id)), Some(docker)) => {
+                files::download(docker, id, source, dest).await
+            }
+            _ => Err(SandboxError::Files {
+                message: "--unsafe runs on this machine: its files are already here".into(),
+            }),
+        }
     }
 
     /// Whether code runs in a sandbox (false for `--unsafe`).

@@ -2,7 +2,7 @@
 //! and the hardening of safe mode. Everything defaults to the safe setting; front ends
 //! loosen single settings explicitly and can show the effective ones ([`Hardening::describe`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::language::Languages;
@@ -17,12 +17,57 @@ pub enum Backend {
     Host,
 }
 
+/// What the sandbox sees at `/workspace`, where code starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Workspace {
+    /// An empty folder of the session's own (a Docker volume, removed with it).
+    #[default]
+    Empty,
+    /// A host folder, mounted read-write: what code writes there is the user's.
+    ReadWrite(PathBuf),
+    /// A host folder, mounted read-only.
+    ReadOnly(PathBuf),
+    /// A copy of a host folder made when the session starts: changes stay in the
+    /// sandbox until copied out.
+    Copy(PathBuf),
+}
+
+impl Workspace {
+    /// The mode's name, as flags and `oi.toml` write it.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Workspace::Empty => "none",
+            Workspace::ReadWrite(_) => "rw",
+            Workspace::ReadOnly(_) => "ro",
+            Workspace::Copy(_) => "copy",
+        }
+    }
+
+    /// The host folder behind it, if any.
+    pub fn host_dir(&self) -> Option<&Path> {
+        match self {
+            Workspace::Empty => None,
+            Workspace::ReadWrite(d) | Workspace::ReadOnly(d) | Workspace::Copy(d) => Some(d),
+        }
+    }
+
+    /// In words, for settings displays and the model.
+    pub fn describe(&self) -> String {
+        match self {
+            Workspace::Empty => "empty (none)".into(),
+            Workspace::ReadWrite(d) => format!("{} mounted read-write (rw)", d.display()),
+            Workspace::ReadOnly(d) => format!("{} mounted read-only (ro)", d.display()),
+            Workspace::Copy(d) => format!("a copy of {} (copy)", d.display()),
+        }
+    }
+}
+
 /// The isolation a Docker sandbox gets. `Hardening::default()` is safe mode.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hardening {
     /// Network access: `false` is Docker's `none` network (no interfaces but loopback).
     pub network: bool,
-    /// The image's filesystem read-only; `/tmp` and `/workspace` are writable tmpfs.
+    /// The image's filesystem read-only; `/tmp` (tmpfs) and the workspace are writable.
     pub read_only_root: bool,
     /// The user code runs as (`uid:gid`); never root by default.
     pub user: String,
@@ -40,8 +85,6 @@ pub struct Hardening {
     pub init: bool,
     /// Size of the writable `/tmp` tmpfs, in bytes.
     pub tmp_bytes: i64,
-    /// Size of the writable `/workspace` tmpfs, in bytes.
-    pub workspace_bytes: i64,
 }
 
 impl Default for Hardening {
@@ -57,7 +100,6 @@ impl Default for Hardening {
             cpus: Some(1.0),
             init: true,
             tmp_bytes: 512 << 20,
-            workspace_bytes: 1 << 30,
         }
     }
 }
@@ -91,9 +133,8 @@ impl Hardening {
                 name: "root filesystem",
                 value: if self.read_only_root {
                     format!(
-                        "read-only; writable tmpfs /tmp ({}) and /workspace ({})",
-                        bytes(self.tmp_bytes),
-                        bytes(self.workspace_bytes)
+                        "read-only; writable /workspace and tmpfs /tmp ({})",
+                        bytes(self.tmp_bytes)
                     )
                 } else {
                     "writable".into()
@@ -193,6 +234,11 @@ pub struct SandboxConfig {
     /// The base oi's own image is built on; `None` picks one (see [`super::image::resolve_base`]).
     pub base_image: Option<String>,
     pub hardening: Hardening,
+    /// What `/workspace` is (Docker backend).
+    pub workspace: Workspace,
+    /// Something about the workspace the user and the model should know (it is not
+    /// writable for the sandbox's user), worked out by the front end.
+    pub workspace_notice: Option<String>,
     pub languages: Languages,
     /// Timeout for blocks that do not set one; `None` lets them run until interrupted.
     pub default_timeout: Option<Duration>,
@@ -216,6 +262,8 @@ impl Default for SandboxConfig {
             image: None,
             base_image: None,
             hardening: Hardening::default(),
+            workspace: Workspace::Empty,
+            workspace_notice: None,
             languages: Languages::default(),
             default_timeout: None,
             interrupt_grace: Duration::from_secs(2),

@@ -13,6 +13,7 @@
 pub mod prompt;
 mod turn;
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
@@ -162,6 +163,12 @@ pub struct SessionInfo {
 }
 
 enum Op {
+    Upload(PathBuf, String, oneshot::Sender<Result<u64, String>>),
+    Download(
+        String,
+        PathBuf,
+        oneshot::Sender<Result<Vec<PathBuf>, String>>,
+    ),
     Turn(String, CancellationToken),
     Run(String, String, CancellationToken),
     Request(Request),
@@ -305,6 +312,24 @@ impl Conversation {
         rx.await.unwrap_or_default()
     }
 
+    /// Copies a host file or folder into the sandbox's workspace folder `dest` (after
+    /// the running turn, if any). Returns the bytes sent, or why it failed.
+    pub async fn upload(&self, source: PathBuf, dest: String) -> Result<u64, String> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.ops.send(Op::Upload(source, dest, tx));
+        rx.await
+            .unwrap_or_else(|_| Err("the conversation has ended".into()))
+    }
+
+    /// Copies a workspace file or folder out into the host folder `dest`; archive
+    /// entries that would land outside it are refused. Returns the paths written.
+    pub async fn download(&self, source: String, dest: PathBuf) -> Result<Vec<PathBuf>, String> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.ops.send(Op::Download(source, dest, tx));
+        rx.await
+            .unwrap_or_else(|_| Err("the conversation has ended".into()))
+    }
+
     /// Model, context and sandbox facts (after the running turn, if any).
     pub async fn info(&self) -> Option<ConversationInfo> {
         let (tx, rx) = oneshot::channel();
@@ -392,6 +417,26 @@ impl Worker {
                     | Request::Interrupt
                     | Request::Confirm(_),
                 ) => {}
+                Op::Upload(source, dest, reply) => {
+                    let result = match self.session().await {
+                        Ok(session) => session
+                            .upload(&source, &dest)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(message) => Err(message),
+                    };
+                    let _ = reply.send(result);
+                }
+                Op::Download(source, dest, reply) => {
+                    let result = match self.session().await {
+                        Ok(session) => session
+                            .download(&source, &dest)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(message) => Err(message),
+                    };
+                    let _ = reply.send(result);
+                }
                 Op::Messages(reply) => {
                     let _ = reply.send(self.history.messages().to_vec());
                 }

@@ -6,7 +6,7 @@
 
 use serde_json::json;
 
-use crate::core::code_interpreter::{Backend, LanguageKind, SandboxConfig};
+use crate::core::code_interpreter::{Backend, LanguageKind, SandboxConfig, Workspace};
 use crate::core::llm::tokens::{TokenCounter, PER_IMAGE, PER_MESSAGE};
 use crate::core::llm::{ChatMessage, ChatRequest, ChatRole, Part, Tool};
 use crate::core::messages::{Message, MessageType, Role};
@@ -314,8 +314,31 @@ pub fn system_message(sandbox: &SandboxConfig, functions: bool, max_output: usiz
         Backend::Docker => {
             s.push_str(
                 "- Code runs in a sandboxed Linux container (Debian 12), not on the user's own \
-                 machine, as an unprivileged user.\n- Working directory: /workspace.\n",
+                 machine, as an unprivileged user.\n",
             );
+            s.push_str(&match &sandbox.workspace {
+                Workspace::ReadWrite(dir) => format!(
+                    "- Working directory: /workspace, the user's folder {} mounted read-write: \
+                     files you create or change there are the user's.\n",
+                    dir.display()
+                ),
+                Workspace::ReadOnly(dir) => format!(
+                    "- Working directory: /workspace, the user's folder {} mounted read-only: \
+                     read the files there, write scratch files to /tmp.\n",
+                    dir.display()
+                ),
+                Workspace::Copy(dir) => format!(
+                    "- Working directory: /workspace, a copy of the user's folder {}: changes \
+                     stay in the sandbox unless the user copies them out.\n",
+                    dir.display()
+                ),
+                Workspace::Empty => "- Working directory: /workspace, an empty folder of this \
+                                     sandbox (the user's files are not in it).\n"
+                    .to_string(),
+            });
+            if let Some(notice) = &sandbox.workspace_notice {
+                s.push_str(&format!("- Note: {notice}\n"));
+            }
             if sandbox.hardening.network {
                 s.push_str("- Network access is on.\n");
             } else {

@@ -533,6 +533,15 @@ impl Worker {
 
     /// The open session, waiting for it to finish opening (or opening it again after a
     /// failure).
+    /// The open session for a request outside a turn (copying files).
+    pub(super) async fn session(&mut self) -> Result<&mut Session, String> {
+        match self.ready_session(&CancellationToken::new()).await {
+            Ok(session) => Ok(session),
+            Err(Stop::Sandbox(message)) => Err(message),
+            Err(_) => Err("the sandbox is not available".into()),
+        }
+    }
+
     async fn ready_session(&mut self, cancel: &CancellationToken) -> Result<&mut Session, Stop> {
         if matches!(self.session, SessionSlot::Empty) {
             self.open_session();

@@ -22,6 +22,8 @@ Magic commands:
   %load_message [path]    load a conversation saved with %save_message
   %jupyter [path]         export the conversation as a notebook (default conversation.ipynb)
   %% <command>            run a shell command in the sandbox (not shown to the model)
+  %upload <path> [dir]    copy a file or folder from here into the sandbox's workspace
+  %download <path> [dir]  copy a workspace file or folder out, here (or into dir)
 Ctrl-C stops the model or the running code; Ctrl-C on an empty prompt or Ctrl-D leaves.";
 
 /// Runs one magic command line.
@@ -148,6 +150,11 @@ pub async fn run(chat: &mut Chat, line: &str) -> anyhow::Result<()> {
                 None => writeln!(out, "Sandbox:   not started yet")?,
             }
             if chat.config.sandbox.backend == crate::core::code_interpreter::Backend::Docker {
+                writeln!(
+                    out,
+                    "Workspace: {}",
+                    chat.config.sandbox.workspace.describe()
+                )?;
                 for setting in chat.config.sandbox.hardening.describe() {
                     let mark = if setting.safe_default {
                         ""
@@ -196,9 +203,52 @@ pub async fn run(chat: &mut Chat, line: &str) -> anyhow::Result<()> {
                 .with_context(|| format!("writing {}", path.display()))?;
             writeln!(out, "Exported the conversation to {}.", path.display())?;
         }
+        "upload" => {
+            let (source, dest) = two_args(arg, "%upload <host path> [workspace folder]")?;
+            let dest = dest.unwrap_or_else(|| ".".into());
+            let bytes = chat
+                .conversation
+                .upload(PathBuf::from(&source), dest.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            writeln!(
+                out,
+                "Copied {source} into the workspace ({dest}), {} bytes packed.",
+                bytes
+            )?;
+        }
+        "download" => {
+            let (source, dest) = two_args(arg, "%download <workspace path> [host folder]")?;
+            let dest = PathBuf::from(dest.unwrap_or_else(|| ".".into()));
+            let written = chat
+                .conversation
+                .download(source.clone(), dest.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            writeln!(
+                out,
+                "Copied {source} out: {} files into {}.",
+                written.len(),
+                dest.display()
+            )?;
+        }
         _ => bail!("unknown magic command `%{name}`.\n{HELP}"),
     }
     Ok(())
+}
+
+/// `a [b]` (words; quotes are not needed for paths without spaces).
+fn two_args(arg: Option<&str>, usage: &str) -> anyhow::Result<(String, Option<String>)> {
+    let Some(arg) = arg else {
+        bail!("usage: {usage}");
+    };
+    let mut words = arg.split_whitespace();
+    let first = words.next().map(str::to_string).unwrap_or_default();
+    let second = words.next().map(str::to_string);
+    if words.next().is_some() {
+        bail!("usage: {usage}");
+    }
+    Ok((first, second))
 }
 
 /// Dollars per million input and output tokens, for models whose list price is known.

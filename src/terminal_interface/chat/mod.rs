@@ -54,7 +54,7 @@ pub fn resolve(
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let resolved = Resolved::load(&paths, &cwd, &env, chat, sandbox).map_err(Failure::usage)?;
     let settings = resolved.settings().map_err(Failure::usage)?;
-    let config = config::core_config(&settings).map_err(Failure::usage)?;
+    let config = config::core_config(&settings, sandbox.mount_anyway).map_err(Failure::usage)?;
     Ok((resolved, config, paths, settings.verbose.unwrap_or(false)))
 }
 
@@ -156,6 +156,9 @@ pub async fn run(chat: ChatArgs, sandbox: SandboxArgs) -> Result<u8, Failure> {
     let engine = setup::engine(config.sandbox.clone(), false).await?;
     if config.sandbox.backend == crate::core::code_interpreter::Backend::Host {
         eprintln!("oi: WARNING: --unsafe: code runs directly on this machine, with your permissions (no sandbox)");
+    }
+    if let Some(notice) = &config.sandbox.workspace_notice {
+        eprintln!("oi: note: {notice}");
     }
     let conversations = paths.data_dir.join("conversations");
     let (store, history) = match &resume {

@@ -1,0 +1,166 @@
+//! The user's folder in the sandbox (rw, ro, none, copy) and files copied in and out
+//! through Docker's archive API, including archives that try to escape.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use oi::core::code_interpreter::{Backend, Workspace};
+
+use super::{assert_ok, run, session_with};
+
+/// A host folder the sandbox's user (1000) owns, with one file in it.
+fn project() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("data.csv"), "a,b\n1,2\n").unwrap();
+    for path in [dir.path().to_path_buf(), dir.path().join("data.csv")] {
+        std::os::unix::fs::chown(&path, Some(1000), Some(1000)).unwrap();
+    }
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rw_writes_reach_the_host_as_the_sandbox_user() {
+    let dir = project();
+    let ws = Workspace::ReadWrite(dir.path().to_path_buf());
+    let Some((_engine, mut s)) = session_with(Backend::Docker, |c| c.workspace = ws).await else {
+        return;
+    };
+    let out = run(
+        &mut s,
+        "python",
+        "print(open('data.csv').read().splitlines()[1])\n_ = open('made.txt', 'w').write('new')",
+    )
+    .await;
+    assert_ok(&out);
+    assert_eq!(out.stdout, "1,2\n");
+    let made = dir.path().join("made.txt");
+    assert_eq!(std::fs::read_to_string(&made).unwrap(), "new");
+    assert_eq!(
+        std::fs::metadata(&made).unwrap().uid(),
+        1000,
+        "owned by the sandbox's user"
+    );
+    s.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ro_refuses_writes_and_none_shows_nothing() {
+    let dir = project();
+    let ws = Workspace::ReadOnly(dir.path().to_path_buf());
+    let Some((_engine, mut s)) = session_with(Backend::Docker, |c| c.workspace = ws).await else {
+        return;
+    };
+    let out = run(&mut s, "shell", "cat data.csv | wc -l; touch new.txt").await;
+    assert_eq!(out.stdout, "2\n");
+    assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+    assert!(!dir.path().join("new.txt").exists());
+    s.close().await.unwrap();
+
+    let Some((_engine, mut s)) =
+        session_with(Backend::Docker, |c| c.workspace = Workspace::Empty).await
+    else {
+        return;
+    };
+    let out = run(
+        &mut s,
+        "shell",
+        "pwd; ls -A | wc -l; touch mine.txt && echo writable",
+    )
+    .await;
+    assert_eq!(out.stdout, "/workspace\n0\nwritable\n", "{out:?}");
+    s.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_keeps_changes_inside_until_copied_out() {
+    let dir = project();
+    let ws = Workspace::Copy(dir.path().to_path_buf());
+    let Some((_engine, mut s)) = session_with(Backend::Docker, |c| c.workspace = ws).await else {
+        return;
+    };
+    let out = run(
+        &mut s,
+        "shell",
+        "cat data.csv; echo 3,4 >> data.csv; mkdir -p out && echo done > out/result.txt",
+    )
+    .await;
+    assert_ok(&out);
+    assert_eq!(out.stdout, "a,b\n1,2\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("data.csv")).unwrap(),
+        "a,b\n1,2\n",
+        "the host copy is untouched"
+    );
+    let dest = tempfile::tempdir().unwrap();
+    let written = s.download("out", dest.path()).await.unwrap();
+    assert_eq!(written, vec![dest.path().join("out/result.txt")]);
+    assert_eq!(
+        std::fs::read_to_string(dest.path().join("out/result.txt")).unwrap(),
+        "done\n"
+    );
+    s.download("data.csv", dest.path()).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dest.path().join("data.csv")).unwrap(),
+        "a,b\n1,2\n3,4\n"
+    );
+    s.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_go_in_and_escapes_coming_out_are_refused() {
+    let Some((_engine, mut s)) =
+        session_with(Backend::Docker, |c| c.workspace = Workspace::Empty).await
+    else {
+        return;
+    };
+    let host = tempfile::tempdir().unwrap();
+    let folder = host.path().join("inputs");
+    std::fs::create_dir_all(folder.join("deep")).unwrap();
+    std::fs::write(folder.join("deep/x.txt"), "deep file").unwrap();
+    s.upload(&folder, ".").await.unwrap();
+    let out = run(
+        &mut s,
+        "shell",
+        "cat inputs/deep/x.txt; echo; stat -c %u inputs/deep/x.txt; echo more >> inputs/deep/x.txt",
+    )
+    .await;
+    assert_ok(&out);
+    assert_eq!(
+        out.stdout, "deep file\n1000\n",
+        "uploaded files belong to the sandbox's user"
+    );
+
+    // Links planted by sandbox code cannot lead a download out of its folder.
+    assert_ok(
+        &run(
+            &mut s,
+            "shell",
+            "ln -s /etc/passwd abs; ln -s ../../.. up; mkdir d; ln -s / d/root",
+        )
+        .await,
+    );
+    let dest = tempfile::tempdir().unwrap();
+    for (path, why) in [
+        ("abs", "refused the link"),
+        ("up", "refused the link"),
+        ("d", "refused the link"),
+        ("../etc/passwd", "outside the workspace"),
+        ("/etc/shadow", "outside the workspace"),
+        ("missing.txt", "does not exist"),
+    ] {
+        let err = s.download(path, dest.path()).await.unwrap_err().to_string();
+        assert!(err.contains(why), "{path}: {err}");
+    }
+    assert_eq!(
+        std::fs::read_dir(dest.path()).unwrap().count(),
+        0,
+        "nothing was written"
+    );
+    let err = s
+        .upload(Path::new("/nonexistent/file"), ".")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot read /nonexistent/file"), "{err}");
+    s.close().await.unwrap();
+}
