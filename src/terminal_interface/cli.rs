@@ -246,6 +246,10 @@ pub enum SandboxCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Copy into or out of a sandbox's workspace: one side is CONTAINER:PATH (CONTAINER
+    /// as `oi sandbox ls` shows it); e.g. `oi sandbox cp data.csv 3fa9:` or
+    /// `oi sandbox cp 3fa9:out/report.md .`
+    Cp { source: String, dest: String },
     /// Remove containers by id, id prefix or name.
     Rm {
         #[arg(required = true)]

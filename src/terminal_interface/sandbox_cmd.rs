@@ -66,6 +66,44 @@ pub async fn run(command: SandboxCommand) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+        SandboxCommand::Cp { source, dest } => {
+            let engine = connect().await?;
+            let remote = |s: &str| -> Option<(String, String)> {
+                let (container, path) = s.split_once(':')?;
+                (!container.is_empty() && !container.contains('/')).then(|| {
+                    (
+                        container.to_string(),
+                        if path.is_empty() {
+                            ".".into()
+                        } else {
+                            path.to_string()
+                        },
+                    )
+                })
+            };
+            match (remote(&source), remote(&dest)) {
+                (None, Some((container, path))) => {
+                    let bytes = engine
+                        .copy_in(&container, std::path::Path::new(&source), &path)
+                        .await?;
+                    println!("copied {source} into {container}:{path} ({bytes} bytes packed)");
+                }
+                (Some((container, path)), None) => {
+                    let written = engine
+                        .copy_out(&container, &path, std::path::Path::new(&dest))
+                        .await?;
+                    for file in written {
+                        println!("{}", file.display());
+                    }
+                }
+                _ => {
+                    return Err(Failure::usage(anyhow::anyhow!(
+                        "give one side as CONTAINER:PATH and the other as a path on this machine"
+                    )))
+                }
+            }
+            Ok(0)
+        }
         SandboxCommand::Rm { ids } => {
             let engine = connect().await?;
             let known = engine.list().await?;

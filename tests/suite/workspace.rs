@@ -164,3 +164,44 @@ async fn files_go_in_and_escapes_coming_out_are_refused() {
     assert!(err.contains("cannot read /nonexistent/file"), "{err}");
     s.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oi_sandbox_cp_copies_both_ways() {
+    let Some((_engine, mut s)) =
+        session_with(Backend::Docker, |c| c.workspace = Workspace::Empty).await
+    else {
+        return;
+    };
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("in.txt"), "to the sandbox\n").unwrap();
+    let oi = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_oi"))
+            .args(args)
+            .current_dir(host.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let session = s.id().to_string();
+    let (code, _, err) = oi(&["sandbox", "cp", "in.txt", &format!("{session}:")]);
+    assert_eq!(code, Some(0), "{err}");
+    let out = run(&mut s, "shell", "cat in.txt && echo back > out.txt").await;
+    assert_eq!(out.stdout, "to the sandbox\n");
+    let (code, stdout, err) = oi(&["sandbox", "cp", &format!("{session}:out.txt"), "got"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(stdout.contains("got/out.txt"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("got/out.txt")).unwrap(),
+        "back\n"
+    );
+    let (code, _, err) = oi(&["sandbox", "cp", &format!("{session}:/etc/passwd"), "got"]);
+    assert_eq!(code, Some(125), "{err}");
+    assert!(err.contains("outside the workspace"), "{err}");
+    let (code, _, err) = oi(&["sandbox", "cp", "a", "b"]);
+    assert_eq!(code, Some(2), "{err}");
+    s.close().await.unwrap();
+}

@@ -293,6 +293,22 @@ pub(crate) async fn start_container(
     ))
 }
 
+/// The user a container's processes run as (`uid:gid`; the image's 1000 if unset).
+pub(crate) async fn user_of(docker: &Docker, id: &str) -> Result<String> {
+    let info = docker
+        .inspect_container(
+            id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .map_err(SandboxError::docker("container inspect"))?;
+    Ok(info
+        .config
+        .and_then(|c| c.user)
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "1000:1000".into()))
+}
+
 /// Removes a container, killing it if it runs. A container already gone is fine.
 pub async fn remove(docker: &Docker, id: &str) -> Result<()> {
     let options = RemoveContainerOptionsBuilder::default()

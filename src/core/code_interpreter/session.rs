@@ -202,6 +202,49 @@ impl Engine {
     pub async fn remove(&self, id: &str) -> Result<()> {
         docker::remove(self.docker_or_err()?, id).await
     }
+
+    /// Copies a host file or folder into a running sandbox's workspace (`container` as
+    /// `oi sandbox ls` shows it: id prefix, name or session), owned by its user.
+    pub async fn copy_in(&self, container: &str, source: &Path, dest: &str) -> Result<u64> {
+        let docker = self.docker_or_err()?;
+        let (id, user) = self.find(container).await?;
+        files::upload(docker, &id, source, dest, &user).await
+    }
+
+    /// Copies a sandbox's workspace file or folder out into the host folder `dest`.
+    pub async fn copy_out(
+        &self,
+        container: &str,
+        source: &str,
+        dest: &Path,
+    ) -> Result<Vec<PathBuf>> {
+        let docker = self.docker_or_err()?;
+        let (id, _) = self.find(container).await?;
+        files::download(docker, &id, source, dest).await
+    }
+
+    /// The one oi container `reference` names, and the user its code runs as.
+    async fn find(&self, reference: &str) -> Result<(String, String)> {
+        let matches: Vec<SandboxInfo> = self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|c| {
+                c.id.starts_with(reference) || c.name == reference || c.session == reference
+            })
+            .collect();
+        let [one] = matches.as_slice() else {
+            return Err(SandboxError::Files {
+                message: if matches.is_empty() {
+                    format!("no oi container matches `{reference}` (see `oi sandbox ls`)")
+                } else {
+                    format!("`{reference}` matches several containers; give more of the id")
+                },
+            });
+        };
+        let user = docker::user_of(self.docker_or_err()?, &one.id).await?;
+        Ok((one.id.clone(), user))
+    }
 }
 
 enum Runtime {
