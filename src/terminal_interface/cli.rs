@@ -228,8 +228,10 @@ pub enum ImageCommand {
         #[command(flatten)]
         sandbox: SandboxArgs,
     },
-    /// List oi's sandbox images.
+    /// List oi's images (its own and projects'), marking the current ones.
     Ls,
+    /// Remove oi's images that are no longer current (older recipes, older project builds).
+    Prune,
     /// Make the base image offline with debootstrap (needs root; for machines without a registry).
     BootstrapBase {
         /// The tag to give it.

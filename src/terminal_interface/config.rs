@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cli::{ChatArgs, SandboxArgs};
 use super::setup;
+use crate::core::code_interpreter::image::ProjectImage;
 use crate::core::config::{Config, ToolMode};
 use crate::core::llm::{Endpoint, ProviderKind};
 
@@ -68,6 +69,13 @@ pub struct SandboxSettings {
     pub languages: Option<Vec<String>>,
     /// `rw`, `ro`, `none` or `copy`.
     pub workspace: Option<WorkspaceMode>,
+    /// The project's Dockerfile (relative to the file that names it); it builds
+    /// `FROM ${OI_IMAGE}`, oi's sandbox image.
+    pub dockerfile: Option<String>,
+    /// Debian packages to add to the project's image.
+    pub apt_packages: Option<Vec<String>>,
+    /// Python packages to add to the project's image (pip).
+    pub pip_packages: Option<Vec<String>>,
 }
 
 /// The workspace modes, as `oi.toml` writes them.
@@ -119,6 +127,8 @@ pub struct Resolved {
     values: BTreeMap<String, (toml::Value, Source)>,
     /// The files that were read, in order.
     pub files: Vec<PathBuf>,
+    /// The folder of the project's `oi.toml`, if one was found.
+    pub project_dir: Option<PathBuf>,
 }
 
 /// Where oi's files live (XDG, with the usual fallbacks).
@@ -205,6 +215,7 @@ impl Resolved {
         if let Some(project) = find_project_file(cwd) {
             let (table, _) = read_file(&project, false)?;
             resolved.add(&table, &source_of(&project));
+            resolved.project_dir = project.parent().map(Path::to_path_buf);
             resolved.files.push(project);
         }
         for (var, key) in [
@@ -468,6 +479,17 @@ fn read_file(
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut table: toml::Table =
         toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    // A Dockerfile named in a file is relative to that file's folder.
+    if let Some(toml::Value::Table(sandbox)) = table.get_mut("sandbox") {
+        if let Some(toml::Value::String(dockerfile)) = sandbox.get_mut("dockerfile") {
+            if let Some(dir) = path
+                .parent()
+                .filter(|_| Path::new(dockerfile.as_str()).is_relative())
+            {
+                *dockerfile = dir.join(&*dockerfile).display().to_string();
+            }
+        }
+    }
     let mut profiles = BTreeMap::new();
     if allow_profiles {
         if let Some(value) = table.remove("profiles") {
@@ -522,7 +544,11 @@ fn check(table: &toml::Table, path: &Path, place: &str) -> anyhow::Result<()> {
 }
 
 /// Turns the merged settings into core's configuration.
-pub fn core_config(settings: &Settings, mount_anyway: bool) -> anyhow::Result<Config> {
+pub fn core_config(
+    settings: &Settings,
+    mount_anyway: bool,
+    project_name: &str,
+) -> anyhow::Result<Config> {
     let model = settings
         .model
         .clone()
@@ -590,5 +616,16 @@ pub fn core_config(settings: &Settings, mount_anyway: bool) -> anyhow::Result<Co
         mount_anyway,
     };
     config.sandbox = setup::config_from(&args)?;
+    if sandbox.dockerfile.is_some()
+        || sandbox.apt_packages.is_some()
+        || sandbox.pip_packages.is_some()
+    {
+        config.sandbox.project = Some(ProjectImage {
+            name: project_name.to_string(),
+            dockerfile: sandbox.dockerfile.as_ref().map(PathBuf::from),
+            apt_packages: sandbox.apt_packages.clone().unwrap_or_default(),
+            pip_packages: sandbox.pip_packages.clone().unwrap_or_default(),
+        });
+    }
     Ok(config)
 }

@@ -27,19 +27,47 @@ pub async fn run(command: ImageCommand) -> Result<u8, Failure> {
             let engine = Engine::connect(SandboxConfig::default()).await?;
             let docker = engine.docker().expect("the Docker backend has a client");
             let current = engine.image().await?;
+            let images = image::list(docker).await?;
+            let stale: Vec<String> = image::stale(&images, &current)
+                .into_iter()
+                .map(|i| i.tag)
+                .collect();
             let mut out = std::io::stdout().lock();
-            writeln!(out, "{:<28} {:>10} {:>12}  CURRENT", "IMAGE", "SIZE", "AGE")?;
+            writeln!(
+                out,
+                "{:<40} {:<16} {:>10} {:>6}  CURRENT",
+                "IMAGE", "PROJECT", "SIZE", "AGE"
+            )?;
             let now = now();
-            for (tag, _hash, size, created) in image::list(docker).await? {
-                let current = if tag == current { "*" } else { "" };
+            for img in images {
+                let mark = if stale.contains(&img.tag) { "" } else { "*" };
                 writeln!(
                     out,
-                    "{tag:<28} {:>10} {:>12}  {current}",
-                    bytes(size),
-                    age(now - created)
+                    "{:<40} {:<16} {:>10} {:>6}  {mark}",
+                    img.tag,
+                    img.project.as_deref().unwrap_or("(oi)"),
+                    bytes(img.size),
+                    age(now - img.created)
                 )?;
             }
             Ok(0)
+        }
+        ImageCommand::Prune => {
+            let engine = Engine::connect(SandboxConfig::default()).await?;
+            let docker = engine.docker().expect("the Docker backend has a client");
+            let current = engine.image().await?;
+            let images = image::list(docker).await?;
+            let mut failed = 0;
+            for img in image::stale(&images, &current) {
+                match image::remove(docker, &img.tag).await {
+                    Ok(()) => println!("removed {} ({})", img.tag, bytes(img.size)),
+                    Err(err) => {
+                        eprintln!("oi: could not remove {}: {err}", img.tag);
+                        failed += 1;
+                    }
+                }
+            }
+            Ok(if failed > 0 { 1 } else { 0 })
         }
         ImageCommand::BootstrapBase { tag } => {
             let status = std::process::Command::new("bash")

@@ -704,3 +704,120 @@ async fn docker_down_is_a_clear_error_with_what_to_do() {
         "nothing was sent to the model"
     );
 }
+
+#[tokio::test]
+async fn a_project_image_is_built_from_oi_toml_once_and_rebuilt_when_its_recipe_changes() {
+    if image().is_none() {
+        return;
+    }
+    let home = Home::new();
+    // Unique per run, so that an image left by an earlier run is not reused.
+    let token = home
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let project = home
+        .path()
+        .join(format!("p{}", token.trim_start_matches('.')));
+    std::fs::create_dir_all(project.join(".oi")).unwrap();
+    std::fs::write(
+        project.join("oi.toml"),
+        "[sandbox]\ndockerfile = \".oi/Dockerfile\"\nworkspace = \"none\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        project.join(".oi/Dockerfile"),
+        "ARG OI_IMAGE\nFROM ${OI_IMAGE}\nUSER root\n\
+         RUN apt-get update && apt-get install -y --no-install-recommends jq && rm -rf /var/lib/apt/lists/*\n\
+         COPY note.txt /opt/note.txt\nUSER 1000:1000\n",
+    )
+    .unwrap();
+    std::fs::write(project.join(".oi/note.txt"), format!("first {token}\n")).unwrap();
+    let code = "echo '{\"a\": 42}' | jq .a; cat /opt/note.txt";
+    let ask = |server: &ScriptedServer| {
+        let mut cmd = home.oi(&project);
+        cmd.args(["-y", "--json"])
+            .args(model_args(server))
+            .arg("use jq");
+        cmd
+    };
+    let server =
+        ScriptedServer::start(vec![openai::execute("shell", code), openai::text(&["ok"])]).await;
+    let first = run(&mut ask(&server)).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert!(
+        first
+            .stderr
+            .contains("oi: built the sandbox image oi-project-p"),
+        "{}",
+        first.stderr
+    );
+    let console: String = first
+        .json()
+        .iter()
+        .filter(|l| l["type"] == "console" && l["format"] == "output")
+        .filter_map(|l| l["content"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(console, format!("42\nfirst {token}\n"));
+    // Unchanged: no rebuild.
+    let server = ScriptedServer::start(vec![openai::text(&["ok"])]).await;
+    let second = run(&mut ask(&server)).await;
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert!(
+        !second.stderr.contains("built the sandbox image"),
+        "{}",
+        second.stderr
+    );
+    // A changed recipe (a file of the build folder): rebuilt, and the new content is there.
+    std::fs::write(project.join(".oi/note.txt"), format!("second {token}\n")).unwrap();
+    let server = ScriptedServer::start(vec![
+        openai::execute("shell", "cat /opt/note.txt"),
+        openai::text(&["ok"]),
+    ])
+    .await;
+    let third = run(&mut ask(&server)).await;
+    assert!(
+        third.stderr.contains("built the sandbox image"),
+        "{}",
+        third.stderr
+    );
+    assert!(
+        third.stdout.contains(&format!("second {token}")),
+        "{}",
+        third.stdout
+    );
+}
+
+#[tokio::test]
+async fn image_ls_marks_current_images_and_prune_removes_the_rest() {
+    if image().is_none() {
+        return;
+    }
+    let home = Home::new();
+    let r = run(home.oi(&home.project()).args(["image", "ls"])).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let current = image().unwrap();
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with(current) && l.contains("(oi)") && l.trim_end().ends_with('*')),
+        "{}",
+        r.stdout
+    );
+    let r = run(home.oi(&home.project()).args(["image", "prune"])).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        !r.stdout.contains(current),
+        "the current image stays: {}",
+        r.stdout
+    );
+    let r = run(home.oi(&home.project()).args(["image", "ls"])).await;
+    for line in r.stdout.lines().filter(|l| l.contains("(oi)")) {
+        assert!(
+            line.trim_end().ends_with('*'),
+            "only current images of oi's own are left: {line}"
+        );
+    }
+}

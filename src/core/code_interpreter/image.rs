@@ -160,22 +160,44 @@ async fn build(
     tag: &str,
     progress: &mut (dyn FnMut(BuildProgress) + Send),
 ) -> Result<()> {
+    let hash = recipe_hash(base);
+    let recipe = Recipe {
+        context: context_tar(),
+        dockerfile: "Dockerfile",
+        buildargs: HashMap::from([("BASE_IMAGE", base)]),
+        labels: HashMap::from([(RECIPE_LABEL, hash.as_str()), ("oi.managed", "1")]),
+    };
+    build_recipe(docker, base, tag, recipe, progress).await
+}
+
+/// What a build sends: the context and how to read it.
+struct Recipe<'a> {
+    context: Vec<u8>,
+    dockerfile: &'a str,
+    buildargs: HashMap<&'a str, &'a str>,
+    labels: HashMap<&'a str, &'a str>,
+}
+
+async fn build_recipe(
+    docker: &Docker,
+    base: &str,
+    tag: &str,
+    recipe: Recipe<'_>,
+    progress: &mut (dyn FnMut(BuildProgress) + Send),
+) -> Result<()> {
     progress(BuildProgress::Started {
         tag: tag.to_string(),
         base: base.to_string(),
     });
-    let hash = recipe_hash(base);
-    let buildargs: HashMap<&str, &str> = HashMap::from([("BASE_IMAGE", base)]);
-    let labels: HashMap<&str, &str> =
-        HashMap::from([(RECIPE_LABEL, hash.as_str()), ("oi.managed", "1")]);
     let options = BuildImageOptionsBuilder::default()
         .t(tag)
+        .dockerfile(recipe.dockerfile)
         .rm(true)
         .forcerm(true)
-        .buildargs(&buildargs)
-        .labels(&labels)
+        .buildargs(&recipe.buildargs)
+        .labels(&recipe.labels)
         .build();
-    let body = bollard::body_full(context_tar().into());
+    let body = bollard::body_full(recipe.context.into());
     let mut stream = docker.build_image(options, None, Some(body));
     let mut log: Vec<String> = Vec::new();
     let mut step: Option<String> = None;
@@ -252,8 +274,206 @@ fn parse_step(line: &str) -> Option<(u32, u32, String)> {
     Some((index.parse().ok()?, total.parse().ok()?, text.to_string()))
 }
 
-/// oi's images present locally, as (tag, recipe hash, size in bytes, created unix time).
-pub async fn list(docker: &Docker) -> Result<Vec<(String, String, i64, i64)>> {
+/// Label on project images naming the project.
+pub const PROJECT_LABEL: &str = "oi.project";
+/// The repository project images are tagged in.
+pub const PROJECT_REPOSITORY: &str = "oi-project";
+
+/// A project's own sandbox image, built on oi's: from the project's Dockerfile (whose
+/// `FROM ${OI_IMAGE}` is oi's image, passed as a build argument) and/or extra packages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectImage {
+    /// The project's name (its folder's), for tags and listings.
+    pub name: String,
+    /// The project's Dockerfile and its folder (the build context), if it has one.
+    pub dockerfile: Option<std::path::PathBuf>,
+    /// Debian packages to add.
+    pub apt_packages: Vec<String>,
+    /// Python packages to add (with pip).
+    pub pip_packages: Vec<String>,
+}
+
+impl ProjectImage {
+    /// The Dockerfile that builds it.
+    pub fn recipe(&self) -> Result<String> {
+        let mut text = match &self.dockerfile {
+            Some(path) => std::fs::read_to_string(path).map_err(|e| SandboxError::BuildFailed {
+                step: None,
+                message: format!(
+                    "cannot read the project's Dockerfile {}: {e}",
+                    path.display()
+                ),
+                log: Vec::new(),
+                hint: Some("check `dockerfile` under [sandbox] in oi.toml"),
+            })?,
+            None => "ARG OI_IMAGE\nFROM ${OI_IMAGE}\n".to_string(),
+        };
+        for name in self.apt_packages.iter().chain(&self.pip_packages) {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-._:=<>[],".contains(c))
+            {
+                return Err(SandboxError::BuildFailed {
+                    step: None,
+                    message: format!("`{name}` is not a package name"),
+                    log: Vec::new(),
+                    hint: Some("apt_packages and pip_packages in oi.toml take package names only"),
+                });
+            }
+        }
+        let mut apt = self.apt_packages.clone();
+        if !self.pip_packages.is_empty() {
+            apt.push("python3-pip".into());
+        }
+        if !apt.is_empty() || !self.pip_packages.is_empty() {
+            text.push_str("\nUSER root\n");
+        }
+        if !apt.is_empty() {
+            text.push_str(&format!(
+                "RUN apt-get update && apt-get install -y --no-install-recommends {} && rm -rf /var/lib/apt/lists/*\n",
+                apt.join(" ")
+            ));
+        }
+        if !self.pip_packages.is_empty() {
+            text.push_str(&format!(
+                "RUN pip install --no-cache-dir --break-system-packages {}\n",
+                self.pip_packages.join(" ")
+            ));
+        }
+        if !apt.is_empty() || !self.pip_packages.is_empty() {
+            text.push_str("USER 1000:1000\n");
+        }
+        Ok(text)
+    }
+
+    /// The build context: the Dockerfile's folder (without `.git`) and the recipe.
+    fn context(&self, recipe: &str) -> Result<Vec<u8>> {
+        let mut builder = tar::Builder::new(Vec::new());
+        if let Some(dir) = self.dockerfile.as_ref().and_then(|d| d.parent()) {
+            let mut stack = vec![(dir.to_path_buf(), std::path::PathBuf::new())];
+            while let Some((path, rel)) = stack.pop() {
+                let mut entries: Vec<_> = std::fs::read_dir(&path)
+                    .map_err(|e| SandboxError::Io {
+                        context: "reading the project's build folder".into(),
+                        source: e,
+                    })?
+                    .filter_map(|e| e.ok())
+                    .collect();
+                entries.sort_by_key(|e| e.file_name());
+                for entry in entries {
+                    let name = entry.file_name();
+                    let rel = rel.join(&name);
+                    let Ok(kind) = entry.file_type() else {
+                        continue;
+                    };
+                    if kind.is_dir() && name != ".git" {
+                        stack.push((entry.path(), rel));
+                    } else if kind.is_file() {
+                        let data = std::fs::read(entry.path()).map_err(|e| SandboxError::Io {
+                            context: "reading the project's build folder".into(),
+                            source: e,
+                        })?;
+                        append(&mut builder, &rel.display().to_string(), &data);
+                    }
+                }
+            }
+        }
+        append(&mut builder, "Dockerfile.oi-project", recipe.as_bytes());
+        Ok(builder.into_inner().expect("writing to memory cannot fail"))
+    }
+}
+
+fn append(builder: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_cksum();
+    builder
+        .append_data(&mut header, path, data)
+        .expect("writing to memory cannot fail");
+}
+
+/// Makes sure the project's image on top of `oi_image` exists; builds it when the base
+/// or the project's recipe changed (or with `force`). Returns its tag.
+pub async fn ensure_project(
+    docker: &Docker,
+    oi_image: &str,
+    project: &ProjectImage,
+    force: bool,
+    progress: &mut (dyn FnMut(BuildProgress) + Send),
+) -> Result<String> {
+    let base_id = docker
+        .inspect_image(oi_image)
+        .await
+        .map_err(SandboxError::docker("image inspect"))?
+        .id
+        .unwrap_or_default();
+    let recipe = project.recipe()?;
+    let context = project.context(&recipe)?;
+    let mut hasher = Sha256::new();
+    hasher.update(base_id.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(&context);
+    let hash: String = hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let name: String = project
+        .name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let tag = format!("{PROJECT_REPOSITORY}-{}:{hash}", name.trim_matches('-'));
+    if !force && exists(docker, &tag).await? {
+        progress(BuildProgress::Finished {
+            tag: tag.clone(),
+            built: false,
+        });
+        return Ok(tag);
+    }
+    let recipe = Recipe {
+        context,
+        dockerfile: "Dockerfile.oi-project",
+        buildargs: HashMap::from([("OI_IMAGE", oi_image)]),
+        labels: HashMap::from([
+            (RECIPE_LABEL, hash.as_str()),
+            (PROJECT_LABEL, project.name.as_str()),
+            ("oi.managed", "1"),
+        ]),
+    };
+    build_recipe(docker, oi_image, &tag, recipe, progress).await?;
+    progress(BuildProgress::Finished {
+        tag: tag.clone(),
+        built: true,
+    });
+    Ok(tag)
+}
+
+/// One of oi's images present locally.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ImageInfo {
+    pub tag: String,
+    /// The project it was built for; `None` for oi's own image.
+    pub project: Option<String>,
+    pub recipe: String,
+    pub size: i64,
+    /// Unix time.
+    pub created: i64,
+}
+
+/// oi's images present locally (its own and projects'), newest first.
+pub async fn list(docker: &Docker) -> Result<Vec<ImageInfo>> {
     let filters: HashMap<&str, Vec<&str>> = HashMap::from([("label", vec![RECIPE_LABEL])]);
     let options = ListImagesOptionsBuilder::default()
         .filters(&filters)
@@ -262,15 +482,54 @@ pub async fn list(docker: &Docker) -> Result<Vec<(String, String, i64, i64)>> {
         .list_images(Some(options))
         .await
         .map_err(SandboxError::docker("image list"))?;
-    Ok(images
+    let mut list: Vec<ImageInfo> = images
         .into_iter()
         .flat_map(|img| {
-            let hash = img.labels.get(RECIPE_LABEL).cloned().unwrap_or_default();
+            let recipe = img.labels.get(RECIPE_LABEL).cloned().unwrap_or_default();
+            let project = img.labels.get(PROJECT_LABEL).cloned();
+            // Untagged images are Docker's build cache, not oi's to list or remove.
             img.repo_tags
                 .into_iter()
-                .map(move |tag| (tag, hash.clone(), img.size, img.created))
+                .filter(|t| t != "<none>:<none>")
+                .map(move |tag| ImageInfo {
+                    tag,
+                    project: project.clone(),
+                    recipe: recipe.clone(),
+                    size: img.size,
+                    created: img.created,
+                })
         })
-        .collect())
+        .collect();
+    list.sort_by(|a, b| b.created.cmp(&a.created).then(a.tag.cmp(&b.tag)));
+    Ok(list)
+}
+
+/// The images `prune` removes: all but the current one of oi's own (`current`) and the
+/// newest of each project's.
+pub fn stale(images: &[ImageInfo], current: &str) -> Vec<ImageInfo> {
+    let mut newest_seen = std::collections::HashSet::new();
+    images
+        .iter()
+        .filter(|img| match &img.project {
+            None => img.tag != current,
+            // `images` is newest first: the first of each project stays.
+            Some(project) => !newest_seen.insert(project.clone()),
+        })
+        .cloned()
+        .collect()
+}
+
+/// Removes an image; one in use by a container is an error saying so.
+pub async fn remove(docker: &Docker, tag: &str) -> Result<()> {
+    docker
+        .remove_image(
+            tag,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
+        .await
+        .map(|_| ())
+        .map_err(SandboxError::docker("image remove"))
 }
 
 #[cfg(test)]
@@ -295,6 +554,62 @@ mod tests {
             .collect();
         assert!(names.contains(&"Dockerfile".to_string()));
         assert!(names.contains(&"runner/runner.py".to_string()));
+    }
+
+    #[test]
+    fn prune_keeps_the_current_image_and_each_project_s_newest() {
+        let img = |tag: &str, project: Option<&str>, created: i64| ImageInfo {
+            tag: tag.into(),
+            project: project.map(str::to_string),
+            recipe: String::new(),
+            size: 0,
+            created,
+        };
+        let images = vec![
+            img("oi-project-a:2", Some("a"), 40),
+            img("oi-sandbox:new", None, 30),
+            img("oi-project-a:1", Some("a"), 20),
+            img("oi-project-b:1", Some("b"), 15),
+            img("oi-sandbox:old", None, 10),
+        ];
+        let tags: Vec<String> = stale(&images, "oi-sandbox:new")
+            .into_iter()
+            .map(|i| i.tag)
+            .collect();
+        assert_eq!(tags, ["oi-project-a:1", "oi-sandbox:old"]);
+    }
+
+    #[test]
+    fn a_project_recipe_adds_packages_safely() {
+        let project = ProjectImage {
+            name: "p".into(),
+            dockerfile: None,
+            apt_packages: vec!["jq".into()],
+            pip_packages: vec!["polars==1.0".into()],
+        };
+        let recipe = project.recipe().unwrap();
+        assert!(
+            recipe.starts_with("ARG OI_IMAGE\nFROM ${OI_IMAGE}\n"),
+            "{recipe}"
+        );
+        assert!(
+            recipe.contains("install -y --no-install-recommends jq python3-pip"),
+            "{recipe}"
+        );
+        assert!(
+            recipe.contains("pip install --no-cache-dir --break-system-packages polars==1.0"),
+            "{recipe}"
+        );
+        assert!(recipe.trim_end().ends_with("USER 1000:1000"), "{recipe}");
+        let bad = ProjectImage {
+            apt_packages: vec!["jq; rm -rf /".into()],
+            ..project
+        };
+        assert!(bad
+            .recipe()
+            .unwrap_err()
+            .to_string()
+            .contains("not a package name"));
     }
 
     #[test]

@@ -105,8 +105,11 @@ impl Engine {
                 return Ok(tag);
             }
         }
-        let tag =
+        let mut tag =
             image::ensure(&docker, self.config.base_image.as_deref(), force, progress).await?;
+        if let Some(project) = &self.config.project {
+            tag = image::ensure_project(&docker, &tag, project, force, progress).await?;
+        }
         self.config.image = Some(tag.clone());
         Ok(tag)
     }

@@ -233,6 +233,8 @@ pub struct SandboxConfig {
     pub image: Option<String>,
     /// The base oi's own image is built on; `None` picks one (see [`super::image::resolve_base`]).
     pub base_image: Option<String>,
+    /// The project's own image, built on oi's (from `oi.toml`).
+    pub project: Option<super::image::ProjectImage>,
     pub hardening: Hardening,
     /// What `/workspace` is (Docker backend).
     pub workspace: Workspace,
@@ -261,6 +263,7 @@ impl Default for SandboxConfig {
             docker_host: None,
             image: None,
             base_image: None,
+            project: None,
             hardening: Hardening::default(),
             workspace: Workspace::Empty,
             workspace_notice: None,

@@ -54,7 +54,13 @@ pub fn resolve(
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let resolved = Resolved::load(&paths, &cwd, &env, chat, sandbox).map_err(Failure::usage)?;
     let settings = resolved.settings().map_err(Failure::usage)?;
-    let config = config::core_config(&settings, sandbox.mount_anyway).map_err(Failure::usage)?;
+    let project_dir = resolved.project_dir.clone().unwrap_or_else(|| cwd.clone());
+    let project_name = project_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "project".into());
+    let config = config::core_config(&settings, sandbox.mount_anyway, &project_name)
+        .map_err(Failure::usage)?;
     Ok((resolved, config, paths, settings.verbose.unwrap_or(false)))
 }
 
