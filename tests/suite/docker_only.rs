@@ -325,3 +325,60 @@ async fn the_image_is_not_rebuilt_when_the_recipe_is_unchanged() {
         vec![oi::core::code_interpreter::BuildProgress::Finished { tag, built: false }]
     );
 }
+
+/// Waits (up to 60 s) until the engine's pool holds `n` sessions.
+async fn pool_holds(engine: &oi::core::code_interpreter::Engine, n: usize) {
+    let started = Instant::now();
+    while engine.pooled() < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "pool not filled: {:?}",
+            engine.pool_error()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_pool_hands_out_fresh_sessions_and_is_cleaned_up() {
+    let Some(engine) = engine_with(Backend::Docker, |_| {}).await else {
+        return;
+    };
+    engine.start_pool(2);
+    pool_holds(&engine, 2).await;
+    let mut seen = std::collections::HashSet::new();
+    for round in 0..3 {
+        let started = Instant::now();
+        let mut s = engine.open().await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "from the pool, not started now"
+        );
+        assert!(
+            seen.insert(s.id().to_string()),
+            "a pooled session is never handed out twice"
+        );
+        // State of an earlier session never leaks into a fresh one.
+        let out = run(
+            &mut s,
+            "python",
+            &format!("print('leak' in globals()); leak = {round}"),
+        )
+        .await;
+        assert_eq!(out.stdout, "False\n");
+        s.close().await.unwrap();
+        pool_holds(&engine, 2).await;
+    }
+    let pooled = engine.pooled_sessions();
+    assert_eq!(pooled.len(), 2);
+    assert!(pooled.iter().all(|id| !seen.contains(id)));
+    engine.shutdown_pool().await;
+    assert_eq!(engine.pooled(), 0);
+    let left: Vec<_> = docker::list(engine.docker().unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| pooled.contains(&c.session))
+        .collect();
+    assert!(left.is_empty(), "pooled containers removed: {left:?}");
+}

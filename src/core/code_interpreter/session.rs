@@ -5,7 +5,10 @@
 //! [`Session`] runs blocks. If a session's container dies, the next block starts a new
 //! one and says, as a notice, that the state was lost.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -44,6 +47,22 @@ use super::settings::{Backend, Hardening, SandboxConfig};
 pub struct Engine {
     config: SandboxConfig,
     docker: Option<Docker>,
+    /// Sessions started ahead (see [`Engine::start_pool`]); `None` in sessions' own
+    /// copies of the engine.
+    pool: Option<Arc<Pool>>,
+}
+
+/// Sessions started ahead of need. A session leaves the pool for good: a fresh one
+/// replaces it, and none is ever handed out twice.
+#[derive(Default)]
+struct Pool {
+    ready: Mutex<VecDeque<Session>>,
+    /// How many it keeps ready.
+    target: AtomicUsize,
+    /// How many are starting now.
+    filling: AtomicUsize,
+    /// The last reason a start failed, for `pool_error`.
+    last_error: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -61,7 +80,110 @@ impl Engine {
             Backend::Docker => Some(docker::connect(config.docker_host.as_deref()).await?),
             Backend::Host => None,
         };
-        Ok(Engine { config, docker })
+        Ok(Engine {
+            config,
+            docker,
+            pool: Some(Arc::default()),
+        })
+    }
+
+    /// Keeps `size` sessions started ahead, so that [`Engine::open`] hands one out in
+    /// about a millisecond; it starts them in the background now and replaces each one
+    /// taken. 0 turns the pool off. Call [`Engine::shutdown_pool`] when done: pooled
+    /// containers of a process that dies anyway stop by themselves and are swept by the
+    /// next start.
+    pub fn start_pool(&self, size: usize) {
+        if let Some(pool) = &self.pool {
+            pool.target.store(size, Ordering::SeqCst);
+            self.refill();
+        }
+    }
+
+    /// How many sessions are ready in the pool.
+    pub fn pooled(&self) -> usize {
+        self.pool
+            .as_ref()
+            .map_or(0, |p| p.ready.lock().unwrap().len())
+    }
+
+    /// The ids of the sessions ready in the pool.
+    pub fn pooled_sessions(&self) -> Vec<String> {
+        self.pool.as_ref().map_or(Vec::new(), |p| {
+            p.ready
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|s| s.id().to_string())
+                .collect()
+        })
+    }
+
+    /// Why the pool last failed to start a session, if it did.
+    pub fn pool_error(&self) -> Option<String> {
+        self.pool
+            .as_ref()
+            .and_then(|p| p.last_error.lock().unwrap().clone())
+    }
+
+    /// Stops refilling the pool and removes its containers.
+    pub async fn shutdown_pool(&self) {
+        let Some(pool) = &self.pool else {
+            return;
+        };
+        pool.target.store(0, Ordering::SeqCst);
+        let sessions: Vec<Session> = pool.ready.lock().unwrap().drain(..).collect();
+        futures::future::join_all(sessions.into_iter().map(Session::close)).await;
+    }
+
+    /// Starts sessions until the pool holds its target.
+    fn refill(&self) {
+        let Some(pool) = self.pool.clone() else {
+            return;
+        };
+        loop {
+            let have = pool.ready.lock().unwrap().len() + pool.filling.load(Ordering::SeqCst);
+            if have >= pool.target.load(Ordering::SeqCst) {
+                return;
+            }
+            pool.filling.fetch_add(1, Ordering::SeqCst);
+            let engine = self.without_pool();
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let opened = engine.open_warm().await;
+                pool.filling.fetch_sub(1, Ordering::SeqCst);
+                match opened {
+                    Ok(session) if pool.target.load(Ordering::SeqCst) > 0 => {
+                        pool.ready.lock().unwrap().push_back(session);
+                    }
+                    Ok(session) => {
+                        let _ = session.close().await;
+                    }
+                    Err(err) => *pool.last_error.lock().unwrap() = Some(err.to_string()),
+                }
+            });
+        }
+    }
+
+    /// A fresh session whose Python interpreter is already running (it starts on the
+    /// first block otherwise, which is most of a pooled session's first result).
+    async fn open_warm(&self) -> Result<Session> {
+        let mut session = self.open_fresh().await?;
+        if self.config.languages.resolve("python").is_ok() {
+            let cancel = CancellationToken::new();
+            session
+                .execute(ExecRequest::new("python", "pass"), &cancel)
+                .await?
+                .collect_output()
+                .await;
+        }
+        Ok(session)
+    }
+
+    fn without_pool(&self) -> Engine {
+        Engine {
+            pool: None,
+            ..self.clone()
+        }
     }
 
     pub fn config(&self) -> &SandboxConfig {
@@ -126,8 +248,21 @@ impl Engine {
         }
     }
 
-    /// Opens a new session: a fresh container (or host runner) ready to run blocks.
+    /// Opens a new session: a fresh container (or host runner) ready to run blocks,
+    /// from the pool when it has one.
     pub async fn open(&self) -> Result<Session> {
+        let pooled = self
+            .pool
+            .as_ref()
+            .and_then(|p| p.ready.lock().unwrap().pop_front());
+        if let Some(session) = pooled {
+            self.refill();
+            return Ok(session);
+        }
+        self.open_fresh().await
+    }
+
+    async fn open_fresh(&self) -> Result<Session> {
         let id = docker::new_session_id();
         let image = match self.config.backend {
             Backend::Docker => Some(self.image().await?),
@@ -136,7 +271,7 @@ impl Engine {
         let (runtime, conn) = self.start_runtime(&id, image.as_deref()).await?;
         Ok(Session {
             id,
-            engine: self.clone(),
+            engine: self.without_pool(),
             image,
             runtime: Some(runtime),
             conn: Some(conn),
