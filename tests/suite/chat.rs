@@ -588,6 +588,12 @@ mod pty {
             std::fs::read_to_string(work.join("data.txt")).unwrap(),
             "from the host\n"
         );
+        // Lines typed are kept in the history file, magic commands included.
+        let history = std::fs::read_to_string(home.path().join("state/oi/history")).unwrap();
+        assert!(
+            history.contains("set y") && history.contains("%help"),
+            "{history}"
+        );
         // Leaving removed the sandbox.
         let engine = oi::core::code_interpreter::Engine::connect(crate::suite::docker_config())
             .await
