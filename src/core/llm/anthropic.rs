@@ -53,7 +53,8 @@ impl Provider for Anthropic {
     fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<EventStream>> {
         Box::pin(async move {
             let url = self.url("messages");
-            let response = http::send(
+            super::open_stream(
+                self,
                 self.headers(self.client.post(&url))
                     .json(&wire_request(&request)),
                 Failure {
@@ -61,24 +62,10 @@ impl Provider for Anthropic {
                     model: &request.model,
                     key_setting: &self.endpoint.key_setting,
                 },
-            )
-            .await;
-            let response = match response {
-                Err(LlmError::UnknownModel { model, url, .. }) => {
-                    let available = self.models().await.unwrap_or_default();
-                    return Err(LlmError::UnknownModel {
-                        model,
-                        url,
-                        available,
-                    });
-                }
-                other => other?,
-            };
-            let frames = sse::frames(
-                Box::pin(response.bytes_stream()),
                 self.endpoint.idle_timeout,
-            );
-            Ok(super::decode_frames(frames, EventDecoder::default()))
+                EventDecoder::default(),
+            )
+            .await
         })
     }
 

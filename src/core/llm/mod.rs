@@ -275,3 +275,27 @@ where
     })
     .boxed()
 }
+
+/// Sends a streaming request and decodes its SSE reply: what the built-in providers
+/// share. An unknown model is reported with the models the server lists.
+pub(crate) async fn open_stream<P: Provider + ?Sized, D: FrameDecoder>(
+    provider: &P,
+    request: reqwest::RequestBuilder,
+    failure: http::Failure<'_>,
+    idle: Duration,
+    decoder: D,
+) -> Result<EventStream> {
+    let response = match http::send(request, failure).await {
+        Err(LlmError::UnknownModel { model, url, .. }) => {
+            let available = provider.models().await.unwrap_or_default();
+            return Err(LlmError::UnknownModel {
+                model,
+                url,
+                available,
+            });
+        }
+        other => other?,
+    };
+    let frames = sse::frames(Box::pin(response.bytes_stream()), idle);
+    Ok(decode_frames(frames, decoder))
+}

@@ -47,31 +47,18 @@ impl Provider for OpenAi {
         Box::pin(async move {
             let url = http::join(&self.endpoint.api_base, "chat/completions");
             let body = wire_request(&request, self.is_openai());
-            let response = http::send(
+            super::open_stream(
+                self,
                 self.authorized(self.client.post(&url)).json(&body),
                 Failure {
                     url: &url,
                     model: &request.model,
                     key_setting: &self.endpoint.key_setting,
                 },
-            )
-            .await;
-            let response = match response {
-                Err(LlmError::UnknownModel { model, url, .. }) => {
-                    let available = self.models().await.unwrap_or_default();
-                    return Err(LlmError::UnknownModel {
-                        model,
-                        url,
-                        available,
-                    });
-                }
-                other => other?,
-            };
-            let frames = sse::frames(
-                Box::pin(response.bytes_stream()),
                 self.endpoint.idle_timeout,
-            );
-            Ok(super::decode_frames(frames, ChunkDecoder::default()))
+                ChunkDecoder::default(),
+            )
+            .await
         })
     }
 

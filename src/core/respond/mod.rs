@@ -192,9 +192,10 @@ enum Op {
 /// let engine = Engine::connect(config.sandbox.clone()).await?;
 /// let mut conversation = Conversation::start(config, engine)?;
 /// conversation.send(Request::Message("What is 6*7? Compute it in Python.".into()));
+/// let mut transcript = String::new();
 /// while let Some(event) = conversation.next_event().await {
 ///     match event {
-///         Event::Chunk(chunk) => print!("{}", chunk.content.unwrap_or_default()),
+///         Event::Chunk(chunk) => transcript.push_str(&chunk.content.unwrap_or_default()),
 ///         Event::Confirmation { .. } => conversation.send(Request::Confirm(Answer::Run)),
 ///         Event::TurnEnded(_) => break,
 ///         _ => {}

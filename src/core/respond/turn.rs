@@ -489,14 +489,7 @@ impl Worker {
                     continue;
                 }
             };
-            if !started {
-                started = true;
-                self.emit(Event::Chunk(console_chunk(None, true, false)))
-                    .await;
-            }
-            buffer.push(&text);
-            self.emit(Event::Chunk(console_chunk(Some(text), false, false)))
-                .await;
+            self.console_piece(&mut started, &mut buffer, text).await;
         }
         let outcome = outcome.unwrap_or(ExecOutcome {
             status: ExecStatus::Crashed,
@@ -509,14 +502,7 @@ impl Worker {
             } else {
                 format!("\n{note}")
             };
-            if !started {
-                started = true;
-                self.emit(Event::Chunk(console_chunk(None, true, false)))
-                    .await;
-            }
-            buffer.push(&note);
-            self.emit(Event::Chunk(console_chunk(Some(note), false, false)))
-                .await;
+            self.console_piece(&mut started, &mut buffer, note).await;
         }
         if started {
             self.emit(Event::Chunk(console_chunk(None, false, true)))
@@ -533,6 +519,19 @@ impl Worker {
 
     /// The open session, waiting for it to finish opening (or opening it again after a
     /// failure).
+    /// Streams a piece of a block's console output (opening the message on the first)
+    /// and keeps it for the model.
+    async fn console_piece(&self, started: &mut bool, buffer: &mut OutputBuffer, text: String) {
+        if !*started {
+            *started = true;
+            self.emit(Event::Chunk(console_chunk(None, true, false)))
+                .await;
+        }
+        buffer.push(&text);
+        self.emit(Event::Chunk(console_chunk(Some(text), false, false)))
+            .await;
+    }
+
     /// The open session for a request outside a turn (copying files).
     pub(super) async fn session(&mut self) -> Result<&mut Session, String> {
         match self.ready_session(&CancellationToken::new()).await {
