@@ -14,7 +14,10 @@ use super::Failure;
 use crate::core::code_interpreter::{ExecEvent, ExecRequest, ExecStatus, Session};
 
 pub async fn run(args: ExecArgs) -> Result<u8, Failure> {
-    let config = setup::config_from(&args.sandbox).map_err(Failure::usage)?;
+    // The sandbox settings of config.toml and the project's oi.toml apply too (the
+    // workspace mode, limits, the project's image); flags win.
+    let (_, chat_config, _, _) = super::chat::resolve(&Default::default(), &args.sandbox)?;
+    let config = chat_config.sandbox;
     // The language is checked before any container starts.
     config.languages.resolve(&args.language)?;
     let blocks = if args.code.is_empty() {

@@ -827,3 +827,35 @@ async fn image_ls_marks_current_images_and_prune_removes_the_rest() {
         );
     }
 }
+
+#[tokio::test]
+async fn oi_exec_takes_sandbox_settings_from_oi_toml_and_flags_win() {
+    if image().is_none() {
+        return;
+    }
+    let home = Home::new();
+    let project = home.project();
+    std::fs::write(project.join("visible.txt"), "here").unwrap();
+    std::fs::write(project.join("oi.toml"), "[sandbox]\nworkspace = \"none\"\n").unwrap();
+    let r = run(home
+        .oi(&project)
+        .args(["exec", "-l", "shell", "-c", "ls -A /workspace | wc -l"]))
+    .await;
+    assert_eq!((r.code, r.stdout.as_str()), (0, "0\n"), "{}", r.stderr);
+    let r = run(home.oi(&project).args([
+        "exec",
+        "--workspace",
+        "ro",
+        "-l",
+        "shell",
+        "-c",
+        "ls /workspace",
+    ]))
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("visible.txt"), "{}", r.stdout);
+    std::fs::write(project.join("oi.toml"), "[sandbox]\nmemroy = \"1g\"\n").unwrap();
+    let r = run(home.oi(&project).args(["exec", "-c", "pass"])).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("memroy"), "{}", r.stderr);
+}

@@ -220,7 +220,7 @@ fn verbose_exec_shows_the_effective_settings() {
 }
 
 /// Peak resident memory of a process (VmHWM), read from /proc, in bytes.
-fn peak_rss(pid: u32) -> Option<u64> {
+pub(super) fn peak_rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -205,3 +205,73 @@ async fn oi_sandbox_cp_copies_both_ways() {
     assert_eq!(code, Some(2), "{err}");
     s.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_copies_stream_with_bounded_memory() {
+    let Some((_engine, mut s)) =
+        session_with(Backend::Docker, |c| c.workspace = Workspace::Empty).await
+    else {
+        return;
+    };
+    let host = tempfile::tempdir().unwrap();
+    let size: u64 = 200 << 20;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(host.path().join("big.bin")).unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        for _ in 0..(size >> 20) {
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    let session = s.id().to_string();
+    // `oi sandbox cp` both ways, its peak memory sampled while it runs.
+    let copy = |args: Vec<String>| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_oi"))
+            .args(&args)
+            .current_dir(host.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut peak = 0;
+        while child.try_wait().unwrap().is_none() {
+            if let Some(rss) = super::cli::peak_rss(child.id()) {
+                peak = peak.max(rss);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(child.wait().unwrap().success(), "{args:?}");
+        peak
+    };
+    let peak_in = tokio::task::block_in_place(|| {
+        copy(vec![
+            "sandbox".into(),
+            "cp".into(),
+            "big.bin".into(),
+            format!("{session}:"),
+        ])
+    });
+    let out = run(&mut s, "shell", "stat -c %s big.bin").await;
+    assert_eq!(out.stdout.trim(), size.to_string());
+    let peak_out = tokio::task::block_in_place(|| {
+        copy(vec![
+            "sandbox".into(),
+            "cp".into(),
+            format!("{session}:big.bin"),
+            "back".into(),
+        ])
+    });
+    assert_eq!(
+        std::fs::metadata(host.path().join("back/big.bin"))
+            .unwrap()
+            .len(),
+        size
+    );
+    for (way, peak) in [("in", peak_in), ("out", peak_out)] {
+        assert!(
+            peak > 0 && peak < 100 << 20,
+            "copying {way}: oi's peak memory was {} MiB",
+            peak >> 20
+        );
+    }
+    s.close().await.unwrap();
+}
