@@ -859,3 +859,33 @@ async fn oi_exec_takes_sandbox_settings_from_oi_toml_and_flags_win() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("memroy"), "{}", r.stderr);
 }
+
+#[tokio::test]
+async fn local_and_profile_from_the_environment() {
+    let home = Home::new();
+    home.write_config("[profiles.fast]\nmax_iterations = 3\n");
+    let r = run(home
+        .oi(&home.project())
+        .args(["config", "--local"])
+        .env("OI_PROFILE", "fast"))
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("api_base = \"http://localhost:11434/v1\"  # --local"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("model = \"llama3.1\""), "{}", r.stdout);
+    assert!(r.stdout.contains("max_iterations = 3"), "{}", r.stdout);
+    // --model wins over --local's default model.
+    let r = run(home
+        .oi(&home.project())
+        .args(["config", "--local", "-m", "qwen2.5-coder"]))
+    .await;
+    assert!(
+        r.stdout.contains("model = \"qwen2.5-coder\""),
+        "{}",
+        r.stdout
+    );
+}
