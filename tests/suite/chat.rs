@@ -871,8 +871,10 @@ async fn local_and_profile_from_the_environment() {
     .await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
-        r.stdout
-            .contains("api_base = \"http://localhost:11434/v1\"  # --local"),
+        r.stdout.lines().any(
+            |l| l.starts_with("api_base = \"http://localhost:11434/v1\"")
+                && l.ends_with("# --local")
+        ),
         "{}",
         r.stdout
     );
