@@ -92,12 +92,12 @@ async fn send(
     user: &str,
 ) -> Result<u64> {
     let dest = workspace_path(dest)?;
-    let meta = std::fs::symlink_metadata(source)
+    std::fs::symlink_metadata(source)
         .map_err(|e| refused(format!("cannot read {}: {e}", source.display())))?;
     let name = name.to_string();
     let (uid, gid) = parse_user(user);
     let source = source.to_path_buf();
-    let tar = tokio::task::spawn_blocking(move || pack(&source, &name, meta.is_dir(), uid, gid))
+    let tar = tokio::task::spawn_blocking(move || pack(&source, &name, uid, gid))
         .await
         .map_err(|e| refused(format!("packing failed: {e}")))??;
     let size = tar.metadata().map(|m| m.len()).unwrap_or(0);
@@ -126,7 +126,7 @@ fn parse_user(user: &str) -> (u64, u64) {
 }
 
 /// Packs `source` into a temporary tar file whose entries are owned by uid:gid.
-fn pack(source: &Path, name: &str, is_dir: bool, uid: u64, gid: u64) -> Result<File> {
+fn pack(source: &Path, name: &str, uid: u64, gid: u64) -> Result<File> {
     let mut builder =
         tar::Builder::new(tempfile::tempfile().map_err(io_error("a temporary file"))?);
     builder.follow_symlinks(false);
@@ -163,7 +163,6 @@ fn pack(source: &Path, name: &str, is_dir: bool, uid: u64, gid: u64) -> Result<F
                 .map_err(io_error("packing"))?;
         }
     }
-    let _ = is_dir;
     let mut file = builder.into_inner().map_err(io_error("packing"))?;
     file.flush().map_err(io_error("packing"))?;
     file.seek(SeekFrom::Start(0)).map_err(io_error("packing"))?;

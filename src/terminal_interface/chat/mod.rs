@@ -131,8 +131,8 @@ pub async fn run(chat: ChatArgs, sandbox: SandboxArgs) -> Result<u8, Failure> {
     let stdout_tty = std::io::stdout().is_terminal();
     let mut resume = chat.resume.clone();
     if chat.conversations {
-        let (_, config, paths, _) = resolve(&chat, &sandbox)?;
-        match pick_conversation(&paths, &config, stdin_tty).await? {
+        let (_, _, paths, _) = resolve(&chat, &sandbox)?;
+        match pick_conversation(&paths, stdin_tty).await? {
             Some(id) => resume = Some(id),
             None => return Ok(0),
         }
@@ -391,11 +391,7 @@ async fn edit(language: &str, code: &str) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(file.path())?.trim_end().to_string())
 }
 
-async fn pick_conversation(
-    paths: &Paths,
-    config: &Config,
-    interactive: bool,
-) -> Result<Option<String>, Failure> {
+async fn pick_conversation(paths: &Paths, interactive: bool) -> Result<Option<String>, Failure> {
     let all = store::list(&paths.data_dir.join("conversations"))?;
     let mut out = std::io::stdout().lock();
     if all.is_empty() {
@@ -418,7 +414,6 @@ async fn pick_conversation(
         return Ok(None);
     }
     let prompter = Prompter::start(None)?;
-    let _ = config;
     loop {
         let Input::Line(answer) = prompter
             .answer("Resume which? (number, Enter to cancel): ")
