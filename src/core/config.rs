@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::code_interpreter::SandboxConfig;
+use super::llm::tokens::O200K_FAMILIES;
 use super::llm::Endpoint;
 
 /// How the model asks to run code.
@@ -141,19 +142,12 @@ impl ModelTraits {
             // The original gpt-4, and unknown (often local) models.
             8_192
         };
-        let vision = starts(&[
-            "gpt-4o",
-            "gpt-4.1",
-            "gpt-4.5",
-            "gpt-5",
-            "o1",
-            "o3",
-            "o4",
-            "gpt-4-turbo",
-            "chatgpt-4o",
-        ]) || (name.starts_with("claude")
-            && !name.starts_with("claude-2")
-            && !name.starts_with("claude-instant"))
+        // OpenAI's current families all see images, and GPT-4 Turbo.
+        let vision = starts(O200K_FAMILIES)
+            || starts(&["gpt-4-turbo"])
+            || (name.starts_with("claude")
+                && !name.starts_with("claude-2")
+                && !name.starts_with("claude-instant"))
             || contains(&["llava", "vision", "-vl", "pixtral", "gemma3"]);
         // Local models known to have no tool-calling template.
         let functions = !contains(&[

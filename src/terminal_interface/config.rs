@@ -291,31 +291,20 @@ impl Resolved {
         };
         let text = |v: &Option<String>| v.clone().map(toml::Value::String);
         let on = |b: bool| b.then_some(toml::Value::Boolean(true));
+        let num = |n: Option<usize>| n.map(|n| toml::Value::Integer(n as i64));
         flag("model", "--model", text(&a.model));
         flag("api_base", "--api-base", text(&a.api_base));
         flag("api_key", "--api-key", text(&a.api_key));
         flag("provider", "--provider", text(&a.provider));
         flag("auto_run", "--auto-run", on(a.auto_run));
-        flag(
-            "context_window",
-            "--context-window",
-            a.context_window.map(|n| (n as i64).into()),
-        );
+        flag("context_window", "--context-window", num(a.context_window));
         flag(
             "max_tokens",
             "--max-tokens",
-            a.max_tokens.map(|n| (n as i64).into()),
+            num(a.max_tokens.map(|n| n as usize)),
         );
-        flag(
-            "max_output",
-            "--max-output",
-            a.max_output.map(|n| (n as i64).into()),
-        );
-        flag(
-            "max_iterations",
-            "--max-iterations",
-            a.max_iterations.map(|n| (n as i64).into()),
-        );
+        flag("max_output", "--max-output", num(a.max_output));
+        flag("max_iterations", "--max-iterations", num(a.max_iterations));
         flag(
             "temperature",
             "--temperature",

@@ -497,6 +497,7 @@ mod pty {
             openai::execute("python", "y = 7"),
             openai::text(&["Done."]),
             openai::text(&["Second."]),
+            openai::text(&["Joined."]),
             openai::text(&["After load."]),
         ])
         .await;
@@ -524,8 +525,16 @@ mod pty {
             p.send_line("second line\"\"\"").unwrap();
             p.expect("Second.").unwrap();
             p.expect("> ").unwrap();
+            // A line ending in a backslash goes on to the next.
+            std::thread::sleep(Duration::from_millis(300));
+            p.send_line("one \\").unwrap();
+            p.expect("... ").unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            p.send_line("two").unwrap();
+            p.expect("Joined.").unwrap();
+            p.expect("> ").unwrap();
             p.send_line("%save_message saved.json").unwrap();
-            p.expect("Saved 6 messages to saved.json.").unwrap();
+            p.expect("Saved 8 messages to saved.json.").unwrap();
             p.send_line("%jupyter").unwrap();
             p.expect("Exported the conversation to conversation.ipynb.")
                 .unwrap();
@@ -550,7 +559,7 @@ mod pty {
             p.send_line("%reset").unwrap();
             p.expect("Reset").unwrap();
             p.send_line("%load_message saved.json").unwrap();
-            p.expect("Loaded 6 messages from saved.json.").unwrap();
+            p.expect("Loaded 8 messages from saved.json.").unwrap();
             p.send_line("and now?").unwrap();
             p.expect("After load.").unwrap();
             p.expect("> ").unwrap();
@@ -563,7 +572,7 @@ mod pty {
             pid
         });
         // What the model was sent after %load_message: the saved conversation.
-        let last = &server.requests()[3].body["messages"];
+        let last = &server.requests()[4].body["messages"];
         let texts: Vec<String> = last
             .as_array()
             .unwrap()
@@ -574,6 +583,7 @@ mod pty {
             texts.contains(&"first line\nsecond line".to_string()),
             "{texts:?}"
         );
+        assert!(texts.contains(&"one \ntwo".to_string()), "{texts:?}");
         assert_eq!(texts.last().unwrap(), "and now?");
         let notebook: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(work.join("conversation.ipynb")).unwrap(),

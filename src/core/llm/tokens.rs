@@ -11,6 +11,18 @@ use std::sync::{Arc, OnceLock};
 
 use tiktoken_rs::CoreBPE;
 
+/// OpenAI's model families on the `o200k_base` tokenizer (GPT-4o onwards, o-series).
+pub const O200K_FAMILIES: &[&str] = &[
+    "gpt-4o",
+    "gpt-4.1",
+    "gpt-4.5",
+    "gpt-5",
+    "o1",
+    "o3",
+    "o4",
+    "chatgpt-4o",
+];
+
 /// Framing tokens per message (role markers, separators).
 pub const PER_MESSAGE: usize = 4;
 /// What an image is counted as: a mid-sized image at the providers' usual rates.
@@ -43,16 +55,7 @@ impl TokenCounter {
             .next()
             .unwrap_or(model)
             .to_ascii_lowercase();
-        let o200k = [
-            "gpt-4o",
-            "gpt-4.1",
-            "gpt-4.5",
-            "gpt-5",
-            "o1",
-            "o3",
-            "o4",
-            "chatgpt-4o",
-        ];
+        let o200k = O200K_FAMILIES;
         let cl100k = ["gpt-4", "gpt-3.5", "text-embedding"];
         if o200k.iter().any(|p| m.starts_with(p)) {
             static BPE: OnceLock<Option<Arc<CoreBPE>>> = OnceLock::new();

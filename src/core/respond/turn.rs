@@ -393,17 +393,6 @@ impl Worker {
         self.record(Message::console(text)).await;
     }
 
-    /// Runs a confirmed block and records its output. `Ok(true)` lets the turn go on.
-    async fn execute(
-        &mut self,
-        language: String,
-        code: String,
-        cancel: &CancellationToken,
-        record: bool,
-    ) -> Result<bool, Stop> {
-        self.execute_block(language, code, cancel, record).await
-    }
-
     /// Runs a block the user typed (`%%` in the terminal): its output streams out as
     /// console chunks; the conversation does not record it.
     pub(super) async fn run_direct(
@@ -419,13 +408,15 @@ impl Worker {
         if let Some(problem) = problem {
             return self.stopped(Stop::Sandbox(problem)).await;
         }
-        match self.execute_block(language, code, &cancel, false).await {
+        match self.execute(language, code, &cancel, false).await {
             Ok(_) => TurnEnd::Finished,
             Err(stop) => self.stopped(stop).await,
         }
     }
 
-    async fn execute_block(
+    /// Runs a block, streaming its output, and (with `record`) adds the output to the
+    /// conversation. `Ok(true)` lets the turn go on.
+    async fn execute(
         &mut self,
         language: String,
         code: String,
