@@ -1,6 +1,7 @@
 //! Shared helpers: engines for each backend, the sandbox image built once per test run,
 //! and assertions on executions.
 
+mod boundary;
 mod chat;
 mod cli;
 mod conversation;

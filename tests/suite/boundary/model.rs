@@ -1,0 +1,1 @@
+//! Trust-boundary regressions: see mod.rs.
