@@ -2,34 +2,53 @@
 //! hardened container with the runner attached over stdin/stdout, removing it, and
 //! finding the containers of sessions whose oi process is gone.
 //!
-//! The container's stdin is opened once (`StdinOnce`): when oi's attach connection
-//! closes, even because oi was killed, the runner reads end-of-file and exits, so an
-//! abandoned sandbox stops by itself; `sweep` then removes what is left.
+//! A session container cleans up after itself, however oi ends: its stdin is opened
+//! once (`StdinOnce`), so when oi's attach connection closes — even because oi was
+//! killed — the runner reads end-of-file, stops what runs and exits; the container is
+//! created with `AutoRemove`, so Docker then removes it (and its private workspace).
+//! `sweep` removes only what is certainly abandoned: stopped session containers, and
+//! running ones whose owner is provably gone (a process of this machine and PID
+//! namespace that no longer exists). Sessions of an oi elsewhere (another host sharing
+//! the daemon, another PID namespace) are never touched while they run.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bollard::container::LogOutput;
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, MountVolumeOptions,
+    MountVolumeOptionsDriverConfig,
+};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
     RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
+use sha2::{Digest, Sha256};
 
 use super::connection::{Diagnostics, Transport};
 use super::error::{Result, SandboxError};
 use super::files::{self, WORKSPACE};
-use super::settings::{Hardening, Owner, Workspace};
+use super::settings::{Hardening, Owner, OwnerState, Workspace};
 
-/// Label on every container oi creates.
+/// Label on every session container oi creates (and never on an image: containers of
+/// other images, such as the builds of a project image `FROM` oi's, inherit an image's
+/// labels and must not look like sessions).
 pub const MANAGED_LABEL: &str = "oi.managed";
-/// Label carrying the session id.
+/// Label carrying the session id; the mark of a session container.
 pub const SESSION_LABEL: &str = "oi.session";
 /// Label carrying the owning process (`pid:start_time`).
 pub const OWNER_LABEL: &str = "oi.owner";
+/// Label carrying where the owning process runs (see [`host_identity`]): a pid means
+/// something only on the same machine and in the same PID namespace.
+pub const OWNER_HOST_LABEL: &str = "oi.owner.host";
+
+/// How long a session container may stay created-but-not-started before a sweep by an
+/// oi elsewhere counts it as abandoned (creating and starting take seconds).
+const STALE_CREATED_SECS: i64 = 24 * 3600;
 
 const DEFAULT_ENDPOINT: &str = "unix:///var/run/docker.sock";
 
@@ -99,6 +118,7 @@ impl Owner {
         Owner {
             pid,
             start_time: process_start_time(pid).unwrap_or(0),
+            host: host_identity().to_string(),
         }
     }
 
@@ -106,18 +126,59 @@ impl Owner {
         format!("{}:{}", self.pid, self.start_time)
     }
 
-    fn parse(label: &str) -> Option<Owner> {
+    fn parse(label: &str, host: Option<&str>) -> Option<Owner> {
         let (pid, start) = label.split_once(':')?;
         Some(Owner {
             pid: pid.parse().ok()?,
             start_time: start.parse().ok()?,
+            host: host.unwrap_or_default().to_string(),
         })
     }
 
-    /// Whether the owning process still runs (on this machine).
-    pub fn is_alive(&self) -> bool {
-        process_start_time(self.pid).is_some_and(|t| t == self.start_time)
+    /// Whether the owning process runs, as far as this process can know: only a
+    /// process of this machine and PID namespace can be looked up by its pid.
+    pub fn state(&self) -> OwnerState {
+        if self.host != host_identity() {
+            return OwnerState::Elsewhere;
+        }
+        if process_start_time(self.pid).is_some_and(|t| t == self.start_time) {
+            OwnerState::Alive
+        } else {
+            OwnerState::Gone
+        }
     }
+
+    /// Whether the owning process still runs (false when it cannot be known).
+    pub fn is_alive(&self) -> bool {
+        self.state() == OwnerState::Alive
+    }
+}
+
+/// Where this process runs, as far as pids go: the kernel's boot id and this PID
+/// namespace, hashed. Two oi processes with the same identity see each other's pids;
+/// with different ones (another host on a shared daemon, a dev container, a CI job)
+/// neither may judge the other's liveness. When either fact is unreadable the identity
+/// is unique to this process, so that nothing of anyone else's is ever swept.
+pub fn host_identity() -> &'static str {
+    static IDENTITY: OnceLock<String> = OnceLock::new();
+    IDENTITY.get_or_init(|| {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok();
+        let pidns = std::fs::read_link("/proc/self/ns/pid").ok();
+        let mut hash = Sha256::new();
+        match (boot, pidns) {
+            (Some(boot), Some(ns)) => {
+                hash.update(boot.trim().as_bytes());
+                hash.update(b"\n");
+                hash.update(ns.to_string_lossy().as_bytes());
+            }
+            _ => hash.update(format!("{}:{}", std::process::id(), new_session_id()).as_bytes()),
+        }
+        hash.finalize()
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    })
 }
 
 fn process_start_time(pid: u32) -> Option<u64> {
@@ -152,6 +213,7 @@ pub(crate) fn container_spec(
         (MANAGED_LABEL.to_string(), "1".to_string()),
         (SESSION_LABEL.to_string(), session_id.to_string()),
         (OWNER_LABEL.to_string(), owner.label()),
+        (OWNER_HOST_LABEL.to_string(), owner.host.clone()),
     ]);
     let mut tmpfs = HashMap::new();
     if hardening.read_only_root {
@@ -161,13 +223,7 @@ pub(crate) fn container_spec(
         );
     }
     let mount = match workspace {
-        // A volume rather than a tmpfs: Docker's archive API (copying files in and out)
-        // cannot reach a tmpfs. It starts as the image's /workspace (owned by uid 1000).
-        Workspace::Empty | Workspace::Copy(_) => Mount {
-            target: Some(WORKSPACE.to_string()),
-            typ: Some(MountType::VOLUME),
-            ..Default::default()
-        },
+        Workspace::Empty | Workspace::Copy(_) => private_workspace(hardening),
         Workspace::ReadWrite(dir) | Workspace::ReadOnly(dir) => Mount {
             target: Some(WORKSPACE.to_string()),
             source: Some(dir.display().to_string()),
@@ -191,6 +247,14 @@ pub(crate) fn container_spec(
         memory_swap: hardening.memory_bytes,
         nano_cpus: hardening.cpus.map(|c| (c * 1e9) as i64),
         init: Some(hardening.init),
+        // Gone with its runner, however oi ended (see the module's docs).
+        auto_remove: Some(true),
+        // Output travels over the attach stream only: a log on the daemon's disk would
+        // copy everything code prints (without bound) and keep it after the session.
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("none".to_string()),
+            config: None,
+        }),
         ..Default::default()
     };
     ContainerCreateBody {
@@ -209,18 +273,50 @@ pub(crate) fn container_spec(
     }
 }
 
+/// The workspace of `none` and `copy` sessions: a volume of the daemon's local driver
+/// backed by a tmpfs of bounded size, owned by the sandbox's user. A volume rather than
+/// a container tmpfs so that Docker's archive API (copying files in and out) reaches
+/// it; a tmpfs so that code filling it gets "no space left on device" instead of
+/// filling the host's disk (its pages count against the container's memory limit).
+fn private_workspace(hardening: &Hardening) -> Mount {
+    let (uid, gid) = hardening
+        .user
+        .split_once(':')
+        .unwrap_or((hardening.user.as_str(), hardening.user.as_str()));
+    let options = format!(
+        "size={},uid={uid},gid={gid},mode=0755,nosuid,nodev",
+        hardening.workspace_bytes
+    );
+    Mount {
+        target: Some(WORKSPACE.to_string()),
+        typ: Some(MountType::VOLUME),
+        volume_options: Some(MountVolumeOptions {
+            driver_config: Some(MountVolumeOptionsDriverConfig {
+                name: Some("local".to_string()),
+                options: Some(HashMap::from([
+                    ("type".to_string(), "tmpfs".to_string()),
+                    ("device".to_string(), "tmpfs".to_string()),
+                    ("o".to_string(), options),
+                ])),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Creates, attaches to and starts a session container. Returns its id and the
 /// runner's streams.
 pub(crate) async fn start_container(
     docker: &Docker,
     image: &str,
     session_id: &str,
+    name: &str,
     hardening: &Hardening,
     workspace: &Workspace,
 ) -> Result<(String, Transport)> {
     let spec = container_spec(image, session_id, hardening, workspace, &Owner::current());
-    let name = format!("oi-{session_id}");
-    let options = CreateContainerOptionsBuilder::default().name(&name).build();
+    let options = CreateContainerOptionsBuilder::default().name(name).build();
     let created = match docker.create_container(Some(options), spec).await {
         Ok(created) => created,
         Err(bollard::errors::Error::DockerResponseServerError {
@@ -233,14 +329,6 @@ pub(crate) async fn start_container(
         Err(err) => return Err(SandboxError::docker("container create")(err)),
     };
     let id = created.id;
-    if let Workspace::Copy(dir) = workspace {
-        // Before the runner starts: the first block sees the whole copy.
-        if let Err(err) = files::upload_contents(docker, &id, dir, WORKSPACE, &hardening.user).await
-        {
-            let _ = remove(docker, &id).await;
-            return Err(err);
-        }
-    }
     let attached = async {
         let attach = AttachContainerOptionsBuilder::default()
             .stdin(true)
@@ -266,6 +354,14 @@ pub(crate) async fn start_container(
             return Err(err);
         }
     };
+    if let Workspace::Copy(dir) = workspace {
+        // After the start, once the workspace's tmpfs is mounted, and before the session
+        // is handed out: the first block sees the whole copy.
+        if let Err(err) = copy_workspace(docker, &id, dir, hardening).await {
+            let _ = remove(docker, &id).await;
+            return Err(err);
+        }
+    }
     let diagnostics = Diagnostics::default();
     let sink = diagnostics.clone();
     let output = attached
@@ -291,6 +387,28 @@ pub(crate) async fn start_container(
             diagnostics,
         },
     ))
+}
+
+/// Copies the host folder of a `copy` workspace into the session's private workspace.
+async fn copy_workspace(
+    docker: &Docker,
+    id: &str,
+    dir: &std::path::Path,
+    hardening: &Hardening,
+) -> Result<()> {
+    match files::upload_contents(docker, id, dir, WORKSPACE, &hardening.user).await {
+        Err(SandboxError::Files { message }) if message.contains("no space left") => {
+            Err(SandboxError::Files {
+                message: format!(
+                    "{} does not fit the sandbox's private workspace ({}): raise the limit \
+                     (--workspace-size, or workspace_size in [sandbox]) or use --workspace ro",
+                    dir.display(),
+                    super::settings::bytes(hardening.workspace_bytes)
+                ),
+            })
+        }
+        other => other.map(|_| ()),
+    }
 }
 
 /// The user a container's processes run as (`uid:gid`; the image's 1000 if unset).
@@ -357,13 +475,38 @@ pub struct SandboxInfo {
     pub created: i64,
     /// The oi process that made it.
     pub owner_pid: Option<u32>,
-    /// Whether that process is still running (on this machine).
+    /// Whether that process is known to run (it is on this machine and in this PID
+    /// namespace, and alive).
     pub owner_alive: bool,
+    /// `alive`, `gone`, or `elsewhere` (another host or PID namespace: unknowable).
+    pub owner_state: OwnerState,
 }
 
-/// oi's containers, running or not, newest first.
+impl SandboxInfo {
+    /// Whether nobody can be using it any more: stopped, or its owner is provably
+    /// gone. A running session of an oi elsewhere is never abandoned as far as this
+    /// process can tell (it stops by itself when that oi goes, see the module's docs).
+    pub fn is_abandoned(&self, now: i64) -> bool {
+        match self.state.as_str() {
+            "exited" | "dead" => true,
+            // Someone is removing it already.
+            "removing" => false,
+            "created" => match self.owner_state {
+                OwnerState::Gone => true,
+                OwnerState::Alive => false,
+                OwnerState::Elsewhere => now - self.created > STALE_CREATED_SECS,
+            },
+            // running, paused, restarting
+            _ => self.owner_state == OwnerState::Gone,
+        }
+    }
+}
+
+/// oi's session containers, running or not, newest first.
 pub async fn list(docker: &Docker) -> Result<Vec<SandboxInfo>> {
-    let filters: HashMap<&str, Vec<&str>> = HashMap::from([("label", vec![MANAGED_LABEL])]);
+    // The session label, set only on the containers oi creates for sessions: build
+    // containers of images made FROM oi's own never carry it.
+    let filters: HashMap<&str, Vec<&str>> = HashMap::from([("label", vec![SESSION_LABEL])]);
     let options = ListContainersOptionsBuilder::default()
         .all(true)
         .filters(&filters)
@@ -376,8 +519,11 @@ pub async fn list(docker: &Docker) -> Result<Vec<SandboxInfo>> {
         .into_iter()
         .map(|c| {
             let labels = c.labels.unwrap_or_default();
-            let owner = labels.get(OWNER_LABEL).and_then(|l| Owner::parse(l));
-            let owner_alive = owner.as_ref().is_some_and(|o| o.is_alive());
+            let owner = labels
+                .get(OWNER_LABEL)
+                .and_then(|l| Owner::parse(l, labels.get(OWNER_HOST_LABEL).map(String::as_str)));
+            // A container without a readable owner is nobody's we can judge.
+            let owner_state = owner.as_ref().map_or(OwnerState::Elsewhere, Owner::state);
             SandboxInfo {
                 id: c.id.unwrap_or_default(),
                 name: c
@@ -392,7 +538,8 @@ pub async fn list(docker: &Docker) -> Result<Vec<SandboxInfo>> {
                 status: c.status.unwrap_or_default(),
                 created: c.created.unwrap_or_default(),
                 owner_pid: owner.map(|o| o.pid),
-                owner_alive,
+                owner_alive: owner_state == OwnerState::Alive,
+                owner_state,
             }
         })
         .collect();
@@ -400,12 +547,16 @@ pub async fn list(docker: &Docker) -> Result<Vec<SandboxInfo>> {
     Ok(out)
 }
 
-/// Removes the containers whose oi process is gone (crashed or killed). Returns them.
+/// Removes the session containers that are certainly abandoned (see
+/// [`SandboxInfo::is_abandoned`]). Returns them.
 pub async fn sweep(docker: &Docker) -> Result<Vec<SandboxInfo>> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     let orphans: Vec<SandboxInfo> = list(docker)
         .await?
         .into_iter()
-        .filter(|c| !c.owner_alive)
+        .filter(|c| c.is_abandoned(now))
         .collect();
     let removals = orphans.iter().map(|c| remove(docker, &c.id));
     for result in futures::future::join_all(removals).await {
@@ -428,6 +579,7 @@ mod tests {
             &Owner {
                 pid: 1,
                 start_time: 2,
+                host: "h".into(),
             },
         );
         let host = spec.host_config.unwrap();
@@ -448,6 +600,20 @@ mod tests {
             Some(MountType::VOLUME),
             "nothing of the host is mounted"
         );
+        let driver = mounts[0]
+            .volume_options
+            .as_ref()
+            .and_then(|v| v.driver_config.as_ref())
+            .and_then(|d| d.options.as_ref())
+            .expect("a bounded private workspace");
+        assert_eq!(driver["type"], "tmpfs");
+        assert_eq!(
+            driver["o"],
+            format!(
+                "size={},uid=1000,gid=1000,mode=0755,nosuid,nodev",
+                1u64 << 30
+            )
+        );
         assert_eq!(mounts[0].target.as_deref(), Some("/workspace"));
         let mounted = container_spec(
             "img",
@@ -466,23 +632,68 @@ mod tests {
         assert_eq!(spec.stdin_once, Some(true));
         let labels = spec.labels.unwrap();
         assert_eq!(labels[OWNER_LABEL], "1:2");
+        assert_eq!(labels[OWNER_HOST_LABEL], "h");
+        assert_eq!(host.auto_remove, Some(true), "gone with its runner");
+        assert_eq!(
+            host.log_config.and_then(|l| l.typ).as_deref(),
+            Some("none"),
+            "nothing code prints is kept on the daemon's disk"
+        );
         assert_eq!(labels[SESSION_LABEL], "s1");
     }
 
     #[test]
     fn owner_of_this_process_is_alive_and_a_made_up_one_is_not() {
-        assert!(Owner::current().is_alive());
+        assert_eq!(Owner::current().state(), OwnerState::Alive);
         let gone = Owner {
-            pid: std::process::id(),
             start_time: 1,
+            ..Owner::current()
         };
-        assert!(!gone.is_alive());
+        assert_eq!(gone.state(), OwnerState::Gone);
         assert_eq!(
-            Owner::parse("12:34"),
+            Owner::parse("12:34", Some("h")),
             Some(Owner {
                 pid: 12,
-                start_time: 34
+                start_time: 34,
+                host: "h".into(),
             })
         );
+    }
+
+    #[test]
+    fn d6_an_owner_in_another_pid_namespace_is_never_judged_from_here() {
+        // The same pid and start time as a live process here, but from elsewhere: a
+        // pid means nothing across hosts or PID namespaces.
+        let elsewhere = Owner {
+            host: "another-host".into(),
+            ..Owner::current()
+        };
+        assert_eq!(elsewhere.state(), OwnerState::Elsewhere);
+        let gone_elsewhere = Owner {
+            pid: u32::MAX,
+            host: "another-host".into(),
+            ..Owner::current()
+        };
+        assert_eq!(gone_elsewhere.state(), OwnerState::Elsewhere);
+        let info = |state: &str, owner_state, created| SandboxInfo {
+            id: "x".into(),
+            name: "oi-x".into(),
+            session: "x".into(),
+            image: "i".into(),
+            state: state.into(),
+            status: String::new(),
+            created,
+            owner_pid: Some(1),
+            owner_alive: owner_state == OwnerState::Alive,
+            owner_state,
+        };
+        let now = 1_000_000;
+        assert!(!info("running", OwnerState::Elsewhere, 0).is_abandoned(now));
+        assert!(!info("running", OwnerState::Alive, 0).is_abandoned(now));
+        assert!(info("running", OwnerState::Gone, 0).is_abandoned(now));
+        assert!(info("exited", OwnerState::Elsewhere, 0).is_abandoned(now));
+        assert!(!info("created", OwnerState::Elsewhere, now - 60).is_abandoned(now));
+        assert!(info("created", OwnerState::Elsewhere, 0).is_abandoned(now));
+        assert!(!info("removing", OwnerState::Gone, 0).is_abandoned(now));
     }
 }

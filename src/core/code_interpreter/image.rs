@@ -165,7 +165,7 @@ async fn build(
         context: context_tar(),
         dockerfile: "Dockerfile",
         buildargs: HashMap::from([("BASE_IMAGE", base)]),
-        labels: HashMap::from([(RECIPE_LABEL, hash.as_str()), ("oi.managed", "1")]),
+        labels: HashMap::from([(RECIPE_LABEL, hash.as_str())]),
     };
     build_recipe(docker, base, tag, recipe, progress).await
 }
@@ -449,7 +449,6 @@ pub async fn ensure_project(
         labels: HashMap::from([
             (RECIPE_LABEL, hash.as_str()),
             (PROJECT_LABEL, project.name.as_str()),
-            ("oi.managed", "1"),
         ]),
     };
     build_recipe(docker, oi_image, &tag, recipe, progress).await?;

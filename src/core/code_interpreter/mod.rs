@@ -29,4 +29,6 @@ pub use execution::{CollectedOutput, ExecEvent, ExecOutcome, ExecRequest, ExecSt
 pub use image::BuildProgress;
 pub use language::{Language, LanguageKind, Languages};
 pub use session::{Engine, Session};
-pub use settings::{bytes, Backend, Hardening, Owner, SandboxConfig, Setting, Workspace};
+pub use settings::{
+    bytes, Backend, Hardening, Owner, OwnerState, SandboxConfig, Setting, Workspace,
+};

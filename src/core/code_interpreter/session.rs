@@ -268,19 +268,24 @@ impl Engine {
             Backend::Docker => Some(self.image().await?),
             Backend::Host => None,
         };
-        let (runtime, conn) = self.start_runtime(&id, image.as_deref()).await?;
+        let (runtime, conn) = self
+            .start_runtime(&id, &format!("oi-{id}"), image.as_deref())
+            .await?;
         Ok(Session {
             id,
             engine: self.without_pool(),
             image,
             runtime: Some(runtime),
             conn: Some(conn),
+            restarts: 0,
         })
     }
 
+    /// Starts a runner for session `id`: a container named `name`, or a host process.
     async fn start_runtime(
         &self,
         id: &str,
+        name: &str,
         image: Option<&str>,
     ) -> Result<(Runtime, RunnerConnection)> {
         match (&self.docker, image) {
@@ -289,6 +294,7 @@ impl Engine {
                     docker,
                     image,
                     id,
+                    name,
                     &self.config.hardening,
                     &self.config.workspace,
                 )
@@ -398,6 +404,8 @@ pub struct Session {
     image: Option<String>,
     runtime: Option<Runtime>,
     conn: Option<RunnerConnection>,
+    /// How many times its runtime was replaced (names each new container).
+    restarts: u32,
 }
 
 impl std::fmt::Debug for Session {
@@ -536,9 +544,13 @@ impl Session {
             _ => "the sandbox stopped".into(),
         };
         self.conn = None;
+        // A name of its own: the old container may still be on its way out (Docker
+        // removes it by itself, see `docker.rs`), holding the session's first name.
+        self.restarts += 1;
+        let name = format!("oi-{}-{}", self.id, self.restarts);
         let (runtime, conn) = self
             .engine
-            .start_runtime(&self.id, self.image.as_deref())
+            .start_runtime(&self.id, &name, self.image.as_deref())
             .await?;
         self.runtime = Some(runtime);
         self.conn = Some(conn);

@@ -85,6 +85,9 @@ pub struct Hardening {
     pub init: bool,
     /// Size of the writable `/tmp` tmpfs, in bytes.
     pub tmp_bytes: i64,
+    /// Size of a private workspace (`none`, `copy`): a tmpfs counted against the
+    /// memory limit, so code that fills it cannot fill the host's disk.
+    pub workspace_bytes: i64,
 }
 
 impl Default for Hardening {
@@ -100,6 +103,7 @@ impl Default for Hardening {
             cpus: Some(1.0),
             init: true,
             tmp_bytes: 512 << 20,
+            workspace_bytes: 1 << 30,
         }
     }
 }
@@ -179,6 +183,14 @@ impl Hardening {
                 safe_default: self.cpus.is_some(),
             },
             Setting {
+                name: "private workspace",
+                value: format!(
+                    "{} in memory (workspaces none and copy)",
+                    bytes(self.workspace_bytes)
+                ),
+                safe_default: self.workspace_bytes <= safe.workspace_bytes,
+            },
+            Setting {
                 name: "init process",
                 value: self.init.to_string(),
                 safe_default: self.init == safe.init,
@@ -220,6 +232,22 @@ pub struct Owner {
     /// The owner's process start time (clock ticks since boot), so a reused pid does
     /// not look alive.
     pub start_time: u64,
+    /// Where the pid means something: the machine and PID namespace it runs in
+    /// (see [`super::docker::host_identity`]).
+    pub host: String,
+}
+
+/// What one oi process can know of another's container owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OwnerState {
+    /// It runs on this machine, in this PID namespace.
+    Alive,
+    /// It ran on this machine, in this PID namespace, and is gone.
+    Gone,
+    /// It runs (or ran) on another host or in another PID namespace: its liveness
+    /// cannot be known from here.
+    Elsewhere,
 }
 
 /// Everything a session needs, passed in by the front end.
