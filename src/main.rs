@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use oi::terminal_interface::cli::{Cli, Command};
-use oi::terminal_interface::{chat, exec, image_cmd, sandbox_cmd, Failure};
+use oi::terminal_interface::{chat, exec, image_cmd, sandbox_cmd, trust, Failure};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -30,6 +30,7 @@ fn main() -> ExitCode {
             Some(Command::Exec(args)) => exec::run(args).await,
             Some(Command::Image(args)) => image_cmd::run(args).await,
             Some(Command::Sandbox(args)) => sandbox_cmd::run(args).await,
+            Some(Command::Trust { file, revoke, list }) => trust::run(file, revoke, list),
         }
     });
     // Containers are removed by the commands themselves; do not wait for stray tasks.

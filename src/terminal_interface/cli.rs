@@ -131,7 +131,37 @@ pub enum Command {
     /// Inspect and clean up oi's sandbox containers.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
+    /// Trust a project's oi.toml: let the settings in it that loosen the sandbox or send
+    /// your key elsewhere apply, until the file changes.
+    #[command(after_help = TRUST_HELP)]
+    Trust {
+        /// The file (default: the oi.toml that applies in this folder).
+        file: Option<PathBuf>,
+        /// Stop trusting the file.
+        #[arg(long, conflicts_with = "list")]
+        revoke: bool,
+        /// List the trusted files and whether each is unchanged.
+        #[arg(long)]
+        list: bool,
+    },
 }
+
+const TRUST_HELP: &str = "\
+A project's oi.toml (in this folder or one above) comes with the code: a cloned
+repository's is written by its authors, and code in the sandbox can write one into the
+workspace. Until you trust it, oi applies what cannot weaken safety (tighter limits,
+the model, instructions, the workspace mode) and ignores, saying so, what could:
+unsafe, network, writable_root, keep_capabilities, user, looser limits or `none`,
+auto_run, api_base, api_key, provider, and the project image's dockerfile, packages
+and base image (their builds run with network access). Trust is recorded with the
+file's SHA-256 in trust.toml beside your config.toml: a changed file is untrusted again.
+A project file owned by another user, or writable by anyone, is ignored whole.
+
+Examples:
+  oi trust                    trust ./oi.toml (or the nearest above)
+  oi trust path/to/oi.toml
+  oi trust --list
+  oi trust --revoke";
 
 const EXEC_HELP: &str = "\
 Blocks given with -c run in order in one session and share its state; the first block
@@ -210,6 +240,10 @@ pub struct SandboxArgs {
     /// stay in the sandbox until copied out with %download).
     #[arg(long, value_name = "MODE", value_parser = ["rw", "ro", "none", "copy"])]
     pub workspace: Option<String>,
+    /// Size limit of a private workspace (`--workspace none` or `copy`), which lives in
+    /// memory: e.g. 512m, 4g (default 1g).
+    #[arg(long, value_name = "SIZE")]
+    pub workspace_size: Option<String>,
     /// Mount the folder even if it is /, your home folder, or holds the Docker socket.
     #[arg(long)]
     pub mount_anyway: bool,
@@ -221,6 +255,8 @@ pub struct SandboxArgs {
     pub verbose: bool,
 }
 
+// Parsed once per run: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Build oi's sandbox image now, even when it exists.
@@ -240,6 +276,7 @@ pub enum ImageCommand {
     },
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum SandboxCommand {
     /// List oi's containers and whether the oi process that made them still runs.

@@ -7,10 +7,13 @@
 //! Every layer is checked against one schema ([`Settings`]): an unknown key or a wrong
 //! type is an error naming the key and the file. The result becomes core's
 //! [`Config`]; nothing past this module reads files or the environment.
+//!
+//! The project's `oi.toml` is not the user's: settings in it that would loosen the
+//! sandbox or move the key apply only if the user trusts the file ([`super::trust`]);
+//! otherwise they are ignored, and the front end says so once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
@@ -69,6 +72,8 @@ pub struct SandboxSettings {
     pub languages: Option<Vec<String>>,
     /// `rw`, `ro`, `none` or `copy`.
     pub workspace: Option<WorkspaceMode>,
+    /// Size limit of a private workspace (`none`, `copy`): `1g`, `512m`.
+    pub workspace_size: Option<Limit>,
     /// The project's Dockerfile (relative to the file that names it); it builds
     /// `FROM ${OI_IMAGE}`, oi's sandbox image.
     pub dockerfile: Option<String>,
@@ -129,6 +134,16 @@ pub struct Resolved {
     pub files: Vec<PathBuf>,
     /// The folder of the project's `oi.toml`, if one was found.
     pub project_dir: Option<PathBuf>,
+    /// The project file's settings left out because the file is not trusted.
+    pub ignored: Vec<String>,
+    /// Why a project file found was not read at all, or was read without trust.
+    pub notices: Vec<String>,
+}
+
+impl super::trust::Below for Resolved {
+    fn below(&self, key: &str) -> Option<&toml::Value> {
+        self.values.get(key).map(|(value, _)| value)
+    }
 }
 
 /// Where oi's files live (XDG, with the usual fallbacks).
@@ -213,10 +228,7 @@ impl Resolved {
             resolved.add(table, &source);
         }
         if let Some(project) = find_project_file(cwd) {
-            let (table, _) = read_file(&project, false)?;
-            resolved.add(&table, &source_of(&project));
-            resolved.project_dir = project.parent().map(Path::to_path_buf);
-            resolved.files.push(project);
+            resolved.add_project(&project, &paths.config_file)?;
         }
         for (var, key) in [
             ("OI_MODEL", "model"),
@@ -263,6 +275,83 @@ impl Resolved {
             }
         }
         Ok(resolved)
+    }
+
+    /// The project file's layer: all of it if the user trusts the file, else only what
+    /// cannot loosen the sandbox or move secrets.
+    fn add_project(&mut self, path: &Path, config_file: &Path) -> anyhow::Result<()> {
+        let project = match super::trust::read_project(path)? {
+            Ok(project) => project,
+            Err(why) => {
+                self.notices
+                    .push(format!("ignoring {}: {why}", path.display()));
+                return Ok(());
+            }
+        };
+        let (mut table, _) = parse_file(&project.text, path, false)?;
+        let store = super::trust::Store::load(config_file)?;
+        let source = source_of(path);
+        self.project_dir = path.parent().map(Path::to_path_buf);
+        self.files.push(path.to_path_buf());
+        if store.trusts(&project) {
+            self.add(&table, &format!("{source} (trusted)"));
+            return Ok(());
+        }
+        let ignored = self.untrusted_keys(&table);
+        for key in &ignored {
+            match key.split_once('.') {
+                Some((outer, inner)) => {
+                    if let Some(toml::Value::Table(t)) = table.get_mut(outer) {
+                        t.remove(inner);
+                    }
+                }
+                None => {
+                    table.remove(key);
+                }
+            }
+        }
+        self.add(&table, &source);
+        if !ignored.is_empty() {
+            let changed = if store.trusted_before(&project) {
+                " (it changed since you trusted it)"
+            } else {
+                ""
+            };
+            self.notices.push(format!(
+                "{} is not trusted{changed}, so these settings in it were ignored: {}. They would \
+                 loosen the sandbox or send your key elsewhere; if you wrote the file and want \
+                 them, run: oi trust {}",
+                path.display(),
+                ignored.join(", "),
+                path.display()
+            ));
+            self.ignored = ignored;
+        }
+        Ok(())
+    }
+
+    /// The keys of an untrusted file's table that it may not set.
+    fn untrusted_keys(&self, table: &toml::Table) -> Vec<String> {
+        flatten(table)
+            .into_iter()
+            .filter(|(key, value)| super::trust::loosens(key, value, self))
+            .map(|(key, _)| key)
+            .collect()
+    }
+
+    /// The source of a setting (`--memory`, a file, `env OI_MODEL`), if it is set.
+    pub fn source(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(|(_, s)| s.0.as_str())
+    }
+
+    /// How errors name a setting: the flag, or the key and the file it is in.
+    pub fn name_of(&self, key: &str) -> String {
+        match self.source(key) {
+            Some(flag) if flag.starts_with("--") => flag.to_string(),
+            Some(env) if env.starts_with("env ") => format!("`{key}` ({env})"),
+            Some(file) => format!("`{key}` in {file}"),
+            None => format!("`{key}`"),
+        }
     }
 
     fn add(&mut self, table: &toml::Table, source: &str) {
@@ -351,6 +440,11 @@ impl Resolved {
         flag("sandbox.image", "--image", text(&s.image));
         flag("sandbox.base_image", "--base-image", text(&s.base_image));
         flag("sandbox.workspace", "--workspace", text(&s.workspace));
+        flag(
+            "sandbox.workspace_size",
+            "--workspace-size",
+            text(&s.workspace_size),
+        );
         if !s.define_language.is_empty() {
             let list = s
                 .define_language
@@ -458,16 +552,25 @@ fn source_of(path: &Path) -> String {
     path.display().to_string()
 }
 
-/// Parses and checks a settings file; returns its table and, for the user's config,
-/// its profiles (each checked too).
+/// Reads, parses and checks the user's settings file; returns its table and its
+/// profiles (each checked too).
 fn read_file(
     path: &Path,
     allow_profiles: bool,
 ) -> anyhow::Result<(toml::Table, BTreeMap<String, toml::Table>)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_file(&text, path, allow_profiles)
+}
+
+/// Parses and checks a settings file's text (see [`read_file`]).
+fn parse_file(
+    text: &str,
+    path: &Path,
+    allow_profiles: bool,
+) -> anyhow::Result<(toml::Table, BTreeMap<String, toml::Table>)> {
     let mut table: toml::Table =
-        toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        toml::from_str(text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     // A Dockerfile named in a file is relative to that file's folder.
     if let Some(toml::Value::Table(sandbox)) = table.get_mut("sandbox") {
         if let Some(toml::Value::String(dockerfile)) = sandbox.get_mut("dockerfile") {
@@ -501,6 +604,38 @@ fn read_file(
     Ok((table, profiles))
 }
 
+/// A table's settings as merged keys (`model`, `sandbox.memory`) and values.
+fn flatten(table: &toml::Table) -> Vec<(String, toml::Value)> {
+    let mut out = Vec::new();
+    for (key, value) in table {
+        match value {
+            toml::Value::Table(inner) if key == "sandbox" => {
+                for (k, v) in inner {
+                    out.push((format!("sandbox.{k}"), v.clone()));
+                }
+            }
+            _ => out.push((key.clone(), value.clone())),
+        }
+    }
+    out
+}
+
+/// The settings of a table that only a trusted project file may make (judged
+/// against oi's defaults), for `oi trust` to name.
+pub fn loosening_settings(table: &toml::Table) -> Vec<String> {
+    struct Defaults;
+    impl super::trust::Below for Defaults {
+        fn below(&self, _: &str) -> Option<&toml::Value> {
+            None
+        }
+    }
+    flatten(table)
+        .into_iter()
+        .filter(|(key, value)| super::trust::loosens(key, value, &Defaults))
+        .map(|(key, value)| format!("{key} = {value}"))
+        .collect()
+}
+
 /// Checks a table against the schema; an error names the key it is about.
 fn check(table: &toml::Table, path: &Path, place: &str) -> anyhow::Result<()> {
     let parse = |t: toml::Table| Settings::deserialize(toml::Value::Table(t)).map(|_| ());
@@ -532,11 +667,13 @@ fn check(table: &toml::Table, path: &Path, place: &str) -> anyhow::Result<()> {
     bail!("{}{place}: {}", path.display(), whole.message())
 }
 
-/// Turns the merged settings into core's configuration.
+/// Turns the merged settings into core's configuration. `name` says how an error names
+/// a setting (`--memory`, or `` `sandbox.memory` in FILE ``).
 pub fn core_config(
     settings: &Settings,
     mount_anyway: bool,
     project_name: &str,
+    name: &dyn Fn(&str) -> String,
 ) -> anyhow::Result<Config> {
     let model = settings
         .model
@@ -563,10 +700,7 @@ pub fn core_config(
         .iter()
         .find_map(|v| std::env::var(v).ok());
     if let Some(secs) = settings.idle_timeout {
-        if !(secs > 0.0 && secs.is_finite()) {
-            bail!("idle_timeout: expected a positive number of seconds");
-        }
-        endpoint.idle_timeout = Duration::from_secs_f64(secs);
+        endpoint.idle_timeout = setup::seconds(secs).with_context(|| name("idle_timeout"))?;
     }
     let mut config = Config::new(model, endpoint);
     config.tool_mode = settings.tool_mode.unwrap_or_default();
@@ -581,7 +715,7 @@ pub fn core_config(
     }
     if let Some(n) = settings.max_iterations {
         if n == 0 {
-            bail!("max_iterations must be at least 1");
+            bail!("{}: must be at least 1", name("max_iterations"));
         }
         config.max_iterations = n;
     }
@@ -602,9 +736,10 @@ pub fn core_config(
         define_language: sandbox.languages.clone().unwrap_or_default(),
         verbose: settings.verbose.unwrap_or(false),
         workspace: sandbox.workspace.map(|w| w.name().to_string()),
+        workspace_size: sandbox.workspace_size.as_ref().map(Limit::text),
         mount_anyway,
     };
-    config.sandbox = setup::config_from(&args)?;
+    config.sandbox = setup::config_from_named(&args, name)?;
     if sandbox.dockerfile.is_some()
         || sandbox.apt_packages.is_some()
         || sandbox.pip_packages.is_some()

@@ -11,12 +11,13 @@ use tokio_util::sync::CancellationToken;
 use super::cli::ExecArgs;
 use super::setup;
 use super::Failure;
-use crate::core::code_interpreter::{ExecEvent, ExecRequest, ExecStatus, Session};
+use crate::core::code_interpreter::{Backend, ExecEvent, ExecRequest, ExecStatus, Session};
 
 pub async fn run(args: ExecArgs) -> Result<u8, Failure> {
     // The sandbox settings of config.toml and the project's oi.toml apply too (the
     // workspace mode, limits, the project's image); flags win.
-    let (_, chat_config, _, _) = super::chat::resolve(&Default::default(), &args.sandbox)?;
+    let (resolved, chat_config, _, _) = super::chat::resolve(&Default::default(), &args.sandbox)?;
+    super::chat::tell_settings_notices(&resolved);
     let config = chat_config.sandbox;
     // The language is checked before any container starts.
     config.languages.resolve(&args.language)?;
@@ -35,7 +36,8 @@ pub async fn run(args: ExecArgs) -> Result<u8, Failure> {
         args.code.clone()
     };
 
-    if args.sandbox.r#unsafe {
+    // On every run, whatever set it (a flag, the user's config, a trusted project file).
+    if config.backend == Backend::Host {
         eprintln!("oi: WARNING: --unsafe: code runs directly on this machine with your permissions, NOT in a sandbox");
     }
     let engine = setup::engine(config, args.json).await?;

@@ -4,19 +4,21 @@ use std::io::Write;
 
 use super::cli::SandboxCommand;
 use super::image_cmd::{age, now};
-use super::setup;
 use super::Failure;
-use crate::core::code_interpreter::{Backend, Engine, SandboxConfig};
+use crate::core::code_interpreter::{Backend, Engine, OwnerState, SandboxConfig};
 
 pub async fn run(command: SandboxCommand) -> Result<u8, Failure> {
     match command {
         SandboxCommand::Settings { sandbox } => {
-            let config = setup::config_from(&sandbox).map_err(Failure::usage)?;
+            // The effective settings: config files and a (trusted) oi.toml, then flags.
+            let (resolved, config, _, _) = super::chat::resolve(&Default::default(), &sandbox)?;
+            super::chat::tell_settings_notices(&resolved);
+            let config = config.sandbox;
             let mut out = std::io::stdout().lock();
             if config.backend == Backend::Host {
                 writeln!(
                     out,
-                    "sandbox: NONE (--unsafe): code runs on this machine with your permissions"
+                    "sandbox: NONE (unsafe mode): code runs on this machine with your permissions"
                 )?;
                 return Ok(0);
             }
@@ -49,8 +51,9 @@ pub async fn run(command: SandboxCommand) -> Result<u8, Failure> {
             )?;
             let now = now();
             for c in list {
-                let owner = match (c.owner_alive, c.owner_pid) {
-                    (true, Some(pid)) => format!("pid {pid}"),
+                let owner = match (c.owner_state, c.owner_pid) {
+                    (OwnerState::Alive, Some(pid)) => format!("pid {pid}"),
+                    (OwnerState::Elsewhere, _) => "elsewhere".to_string(),
                     _ => "gone".to_string(),
                 };
                 writeln!(

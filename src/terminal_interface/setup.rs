@@ -15,6 +15,24 @@ use crate::core::code_interpreter::{Backend, Engine, Language, SandboxConfig, Wo
 
 /// The configuration the flags describe.
 pub fn config_from(args: &SandboxArgs) -> anyhow::Result<SandboxConfig> {
+    config_from_named(args, &flag_name)
+}
+
+/// The flag that sets a setting (`sandbox.memory` → `--memory`).
+pub fn flag_name(key: &str) -> String {
+    let flag = match key {
+        "sandbox.languages" => "define-language",
+        other => other.trim_start_matches("sandbox."),
+    };
+    format!("--{}", flag.replace('_', "-"))
+}
+
+/// The configuration `args` describe, where they came from flags or files: `name`
+/// says how an error names a setting (`--memory`, or `` `sandbox.memory` in FILE ``).
+pub fn config_from_named(
+    args: &SandboxArgs,
+    name: &dyn Fn(&str) -> String,
+) -> anyhow::Result<SandboxConfig> {
     let mut config = SandboxConfig {
         backend: if args.r#unsafe {
             Backend::Host
@@ -31,33 +49,27 @@ pub fn config_from(args: &SandboxArgs) -> anyhow::Result<SandboxConfig> {
     h.read_only_root = !args.writable_root;
     h.drop_capabilities = !args.keep_capabilities;
     if let Some(memory) = &args.memory {
-        h.memory_bytes = parse_limit(memory, parse_size).context("--memory")?;
+        h.memory_bytes = parse_limit(memory, parse_size).with_context(|| name("sandbox.memory"))?;
     }
     if let Some(cpus) = &args.cpus {
-        h.cpus = parse_limit(cpus, |s| {
-            let n: f64 = s
-                .parse()
-                .map_err(|_| anyhow!("`{s}` is not a number of cores"))?;
-            if n <= 0.0 {
-                bail!("the CPU limit must be above 0");
-            }
-            Ok(n)
-        })
-        .context("--cpus")?;
+        h.cpus = parse_limit(cpus, parse_cpus).with_context(|| name("sandbox.cpus"))?;
     }
     if let Some(pids) = &args.pids {
-        h.pids_limit = parse_limit(pids, |s| {
-            let n: i64 = s.parse().map_err(|_| anyhow!("`{s}` is not a number"))?;
-            if n < 16 {
-                bail!("the process limit must be at least 16");
-            }
-            Ok(n)
-        })
-        .context("--pids")?;
+        h.pids_limit = parse_limit(pids, parse_pids).with_context(|| name("sandbox.pids"))?;
+    }
+    if let Some(size) = &args.workspace_size {
+        // Always bounded: a private workspace lives in memory.
+        h.workspace_bytes = parse_size(size).with_context(|| name("sandbox.workspace_size"))?;
     }
     if let Some(user) = &args.user {
-        if user.is_empty() || user.split(':').any(|p| p.parse::<u32>().is_err()) {
-            bail!("--user: expected UID or UID:GID in numbers, got `{user}`");
+        if user.is_empty()
+            || user.split(':').any(|p| p.parse::<u32>().is_err())
+            || user.split(':').count() > 2
+        {
+            bail!(
+                "{}: expected UID or UID:GID in numbers, got `{user}`",
+                name("sandbox.user")
+            );
         }
         h.user = if user.contains(':') {
             user.clone()
@@ -66,13 +78,11 @@ pub fn config_from(args: &SandboxArgs) -> anyhow::Result<SandboxConfig> {
         };
     }
     if let Some(secs) = args.timeout {
-        if !(secs > 0.0 && secs.is_finite()) {
-            bail!("--timeout: expected a positive number of seconds");
-        }
-        config.default_timeout = Some(Duration::from_secs_f64(secs));
+        config.default_timeout = Some(seconds(secs).with_context(|| name("sandbox.timeout"))?);
     }
     for definition in &args.define_language {
-        config.languages.add(parse_language(definition)?);
+        let language = parse_language(definition).with_context(|| name("sandbox.languages"))?;
+        config.languages.add(language);
     }
     let cwd = std::env::current_dir().context("reading the current directory")?;
     if config.backend == Backend::Host {
@@ -85,6 +95,45 @@ pub fn config_from(args: &SandboxArgs) -> anyhow::Result<SandboxConfig> {
     }
     config.workspace_notice = workspace_notice(&config);
     Ok(config)
+}
+
+/// The longest duration oi accepts for a timeout: longer is "never" in practice, and
+/// bounding it keeps every deadline computable (`Instant + Duration` cannot overflow).
+pub const MAX_SECONDS: f64 = 30.0 * 24.0 * 3600.0;
+
+/// A number of seconds from a flag or a file: positive, finite, at most 30 days.
+pub fn seconds(secs: f64) -> anyhow::Result<Duration> {
+    if !(secs.is_finite() && secs > 0.0) {
+        bail!("expected a positive number of seconds, got {secs}");
+    }
+    if secs > MAX_SECONDS {
+        bail!("{secs:e} seconds is more than the 30 days ({MAX_SECONDS} s) oi allows");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_cpus(text: &str) -> anyhow::Result<f64> {
+    let n: f64 = text
+        .parse()
+        .map_err(|_| anyhow!("`{text}` is not a number of cores"))?;
+    // NaN compares false with everything: test for what is accepted, not what is not.
+    if !(n.is_finite() && (0.01..=1024.0).contains(&n)) {
+        bail!("the CPU limit must be a number of cores from 0.01 to 1024, got `{text}`");
+    }
+    Ok(n)
+}
+
+/// The kernel's own ceiling for pids (`pid_max` cannot exceed 2^22).
+const MAX_PIDS: i64 = 1 << 22;
+
+fn parse_pids(text: &str) -> anyhow::Result<i64> {
+    let n: i64 = text
+        .parse()
+        .map_err(|_| anyhow!("`{text}` is not a whole number"))?;
+    if !(16..=MAX_PIDS).contains(&n) {
+        bail!("the process limit must be from 16 to {MAX_PIDS}, got {n}");
+    }
+    Ok(n)
 }
 
 /// The workspace the flags ask for, refusing folders that would expose the machine.
@@ -211,22 +260,54 @@ pub fn parse_size(text: &str) -> anyhow::Result<i64> {
     let n: f64 = number
         .parse()
         .map_err(|_| anyhow!("`{text}` is not a size like 512m or 2g"))?;
-    let bytes = (n * factor) as i64;
-    if bytes < 16 << 20 {
+    let bytes = n * factor;
+    // NaN and infinities fail the range test (a saturating cast would make them 0 or
+    // "limited" to 8 EiB).
+    if !(bytes.is_finite() && bytes >= 0.0) {
+        bail!("`{text}` is not a size like 512m or 2g");
+    }
+    if bytes < (16 << 20) as f64 {
         bail!("`{text}` is below the 16 MiB a sandbox needs");
     }
-    Ok(bytes)
+    if bytes > (1u64 << 50) as f64 {
+        bail!("`{text}` is more than the 1 PiB oi accepts");
+    }
+    Ok(bytes as i64)
 }
 
-/// `NAME:EXTENSION:COMMAND` → a file-run language.
+/// `NAME:EXTENSION:COMMAND` → a file-run language. The name may not be a built-in
+/// language or alias (the runner's Python and shell are not replaced by a command);
+/// the extension is letters and digits (it becomes part of a file name in the sandbox);
+/// the command names the file with `{file}`.
 pub fn parse_language(definition: &str) -> anyhow::Result<Language> {
     let mut parts = definition.splitn(3, ':');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(name), Some(ext), Some(command)) if !name.is_empty() && !command.trim().is_empty() => {
-            Ok(Language::file(name.trim(), ext.trim().trim_start_matches('.'), command.trim()))
-        }
-        _ => bail!("--define-language: expected NAME:EXTENSION:COMMAND (e.g. 'node:js:node {{file}}'), got `{definition}`"),
+    let (Some(name), Some(ext), Some(command)) = (parts.next(), parts.next(), parts.next()) else {
+        bail!("expected NAME:EXTENSION:COMMAND (e.g. 'node:js:node {{file}}'), got `{definition}`");
+    };
+    let (name, given_ext, command) = (name.trim(), ext.trim(), command.trim());
+    let ext = given_ext.strip_prefix('.').unwrap_or(given_ext);
+    let word = |s: &str, extra: &str| {
+        !s.is_empty()
+            && s.len() <= 32
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+    };
+    if !word(name, "_+-") {
+        bail!("the language name `{name}` must be letters, digits, `_`, `+` or `-` (at most 32)");
     }
+    if !word(ext, "") || ext.len() > 16 {
+        bail!("the extension `{given_ext}` must be letters and digits (at most 16), e.g. js");
+    }
+    if let Ok(builtin) = crate::core::code_interpreter::Languages::default().resolve(name) {
+        bail!(
+            "`{name}` is oi's built-in {} language and cannot be redefined; pick another name",
+            builtin.name
+        );
+    }
+    if !command.contains("{file}") {
+        bail!("the command must name the block's file as {{file}}, e.g. 'node {{file}}', got `{command}`");
+    }
+    Ok(Language::file(name, ext, command))
 }
 
 /// A connected engine with its image ready; containers of dead oi processes are

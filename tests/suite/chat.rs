@@ -11,44 +11,44 @@ use super::image;
 use super::llm_server::{error, openai, ScriptedServer};
 
 /// A home of its own for each test: config, data and history go there.
-struct Home {
+pub(crate) struct Home {
     dir: tempfile::TempDir,
 }
 
 impl Home {
-    fn new() -> Home {
+    pub(crate) fn new() -> Home {
         Home {
             dir: tempfile::tempdir().unwrap(),
         }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
     /// The folder oi runs in (mounted as the workspace; not the home folder itself,
     /// which oi refuses to mount).
-    fn project(&self) -> PathBuf {
+    pub(crate) fn project(&self) -> PathBuf {
         let dir = self.path().join("project");
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
 
-    fn config_file(&self) -> PathBuf {
+    pub(crate) fn config_file(&self) -> PathBuf {
         self.path().join("config/oi/config.toml")
     }
 
-    fn write_config(&self, text: &str) {
+    pub(crate) fn write_config(&self, text: &str) {
         std::fs::create_dir_all(self.config_file().parent().unwrap()).unwrap();
         std::fs::write(self.config_file(), text).unwrap();
     }
 
-    fn conversations(&self) -> PathBuf {
+    pub(crate) fn conversations(&self) -> PathBuf {
         self.path().join("data/oi/conversations")
     }
 
     /// `oi` with this home, in `cwd`, with no model settings from the outside.
-    fn oi(&self, cwd: &Path) -> tokio::process::Command {
+    pub(crate) fn oi(&self, cwd: &Path) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_oi"));
         cmd.current_dir(cwd)
             .env("HOME", self.path())
@@ -74,14 +74,14 @@ impl Home {
     }
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Run {
-    fn json(&self) -> Vec<Value> {
+    pub(crate) fn json(&self) -> Vec<Value> {
         self.stdout
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -89,7 +89,7 @@ impl Run {
     }
 }
 
-async fn run(cmd: &mut tokio::process::Command) -> Run {
+pub(crate) async fn run(cmd: &mut tokio::process::Command) -> Run {
     let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
         .await
         .expect("oi finished within 120 s")
@@ -101,7 +101,7 @@ async fn run(cmd: &mut tokio::process::Command) -> Run {
     }
 }
 
-fn model_args(server: &ScriptedServer) -> Vec<String> {
+pub(crate) fn model_args(server: &ScriptedServer) -> Vec<String> {
     vec![
         "--api-base".into(),
         server.base_url(),
@@ -277,7 +277,13 @@ max_iterations = 7
         line("temperature").contains("0.1") && line("temperature").ends_with("# --temperature")
     );
     assert!(line("sandbox.memory").contains("\"1g\"") && line("sandbox.memory").contains(&user));
-    assert!(line("sandbox.network").contains("true"));
+    // An untrusted project file may not loosen the sandbox: said, and ignored.
+    assert!(!r.stdout.contains("sandbox.network = "), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("# note: ") && r.stdout.contains("ignored: sandbox.network"),
+        "{}",
+        r.stdout
+    );
     assert!(
         line("api_base").contains("http://env.example/v1")
             && line("api_base").ends_with("# env OI_API_BASE")
@@ -759,6 +765,17 @@ async fn a_project_image_is_built_from_oi_toml_once_and_rebuilt_when_its_recipe_
             .arg("use jq");
         cmd
     };
+    // The build runs steps with network access: only for a file the user trusts.
+    let server = ScriptedServer::start(vec![openai::text(&["ok"])]).await;
+    let untrusted = run(&mut ask(&server)).await;
+    assert!(
+        untrusted.stderr.contains("ignored: sandbox.dockerfile")
+            && !untrusted.stderr.contains("built the sandbox image"),
+        "{}",
+        untrusted.stderr
+    );
+    let trusted = run(home.oi(&project).arg("trust")).await;
+    assert_eq!(trusted.code, 0, "{}", trusted.stderr);
     let server =
         ScriptedServer::start(vec![openai::execute("shell", code), openai::text(&["ok"])]).await;
     let first = run(&mut ask(&server)).await;

@@ -2,7 +2,7 @@
 //! and assertions on executions.
 
 mod boundary;
-mod chat;
+pub(crate) mod chat;
 mod cli;
 mod conversation;
 mod docker_only;

@@ -59,9 +59,19 @@ pub fn resolve(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "project".into());
-    let config = config::core_config(&settings, sandbox.mount_anyway, &project_name)
-        .map_err(Failure::usage)?;
+    let config = config::core_config(&settings, sandbox.mount_anyway, &project_name, &|key| {
+        resolved.name_of(key)
+    })
+    .map_err(Failure::usage)?;
     Ok((resolved, config, paths, settings.verbose.unwrap_or(false)))
+}
+
+/// What the user must know about the settings files: a project file ignored, or
+/// settings in it ignored because it is not trusted. Once per run, on stderr.
+pub fn tell_settings_notices(resolved: &Resolved) {
+    for notice in &resolved.notices {
+        eprintln!("oi: {notice}");
+    }
 }
 
 /// `oi config`.
@@ -78,6 +88,9 @@ pub fn show_config(chat: &ChatArgs, sandbox: &SandboxArgs) -> Result<u8, Failure
     }
     for file in &resolved.files {
         writeln!(out, "#   {}", file.display())?;
+    }
+    for notice in &resolved.notices {
+        writeln!(out, "# note: {notice}")?;
     }
     let rows = resolved.describe();
     let width = rows
@@ -137,7 +150,8 @@ pub async fn run(chat: ChatArgs, sandbox: SandboxArgs) -> Result<u8, Failure> {
             None => return Ok(0),
         }
     }
-    let (_, config, paths, verbose) = resolve(&chat, &sandbox)?;
+    let (resolved, config, paths, verbose) = resolve(&chat, &sandbox)?;
+    tell_settings_notices(&resolved);
     if let Some(help) = missing_model_help(&config) {
         return Err(Failure::usage(anyhow::anyhow!(help)));
     }
