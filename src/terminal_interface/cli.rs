@@ -29,7 +29,8 @@ Ctrl-C at an empty prompt or Ctrl-D leaves.
 
 Exit status: 0 the model finished; 1 other failures; 2 bad usage or settings; 3 the
 model's server failed; 4 the iteration cap was hit; 5 a block was declined; 125 the
-sandbox could not run; 130 interrupted.";
+sandbox could not run; 130 interrupted; 143 (SIGTERM) or 129 (SIGHUP) stopped by a
+signal, after interrupting the block, saving the conversation and removing the sandbox.";
 
 /// oi: a language model runs code for you, in a hardened per-session Docker sandbox.
 #[derive(Debug, Parser)]
@@ -170,7 +171,8 @@ that does not succeed stops the run. Without -c, the code is read from stdin.
 Exit status: 0 when every block succeeded; otherwise the failing block's own exit
 status (shell, file languages), 1 for a Python exception, 124 for a timeout, 130 for an
 interrupt (Ctrl-C), 137 when the interpreter crashed, 125 when the sandbox itself could
-not run (Docker unreachable, image build failed), 2 for bad usage.
+not run (Docker unreachable, image build failed), 2 for bad usage, 143 or 129 when
+SIGTERM or SIGHUP stopped it (the block is interrupted and the sandbox removed first).
 
 Examples:
   oi exec -c 'import numpy; print(numpy.arange(3))'

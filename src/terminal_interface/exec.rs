@@ -10,10 +10,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::cli::ExecArgs;
 use super::setup;
+use super::signals::Quit;
 use super::Failure;
 use crate::core::code_interpreter::{Backend, ExecEvent, ExecRequest, ExecStatus, Session};
 
 pub async fn run(args: ExecArgs) -> Result<u8, Failure> {
+    let quit = Quit::listen()?;
     // The sandbox settings of config.toml and the project's oi.toml apply too (the
     // workspace mode, limits, the project's image); flags win.
     let (resolved, chat_config, _, _) = super::chat::resolve(&Default::default(), &args.sandbox)?;
@@ -48,12 +50,24 @@ pub async fn run(args: ExecArgs) -> Result<u8, Failure> {
 
     let cancel = CancellationToken::new();
     let ctrl_c = tokio::spawn(watch_ctrl_c(cancel.clone()));
+    let on_quit = tokio::spawn(stop_on_quit(quit.clone(), cancel.clone()));
     let result = run_blocks(&mut session, &args, &blocks, &cancel).await;
     ctrl_c.abort();
+    on_quit.abort();
     let closed = session.close().await;
+    if let Some(code) = quit.exit_code() {
+        return Ok(code);
+    }
     let code = result?;
     closed?;
     Ok(code)
+}
+
+/// SIGTERM or SIGHUP: interrupt the block and let `run` close the session.
+async fn stop_on_quit(quit: Quit, cancel: CancellationToken) {
+    quit.requested().await;
+    eprintln!("oi: asked to stop: interrupting and removing the sandbox");
+    cancel.cancel();
 }
 
 async fn watch_ctrl_c(cancel: CancellationToken) {

@@ -10,6 +10,7 @@ pub mod image_cmd;
 pub mod progress;
 pub mod sandbox_cmd;
 pub mod setup;
+pub mod signals;
 pub mod trust;
 
 use crate::core::code_interpreter::SandboxError;

@@ -18,6 +18,7 @@ use anyhow::Context;
 
 use super::cli::{ChatArgs, SandboxArgs};
 use super::config::{self, Paths, Resolved};
+use super::signals::Quit;
 use super::{setup, Failure};
 use crate::core::config::Config;
 use crate::core::llm::ProviderKind;
@@ -152,6 +153,7 @@ pub async fn run(chat: ChatArgs, sandbox: SandboxArgs) -> Result<u8, Failure> {
     }
     let (resolved, config, paths, verbose) = resolve(&chat, &sandbox)?;
     tell_settings_notices(&resolved);
+    let quit = Quit::listen()?;
     if let Some(help) = missing_model_help(&config) {
         return Err(Failure::usage(anyhow::anyhow!(help)));
     }
@@ -213,6 +215,8 @@ pub async fn run(chat: ChatArgs, sandbox: SandboxArgs) -> Result<u8, Failure> {
         json: chat.json,
         auto_run: config.auto_run,
         config,
+        quit,
+        terminal: saved_terminal(interactive),
     };
     if !history.is_empty() {
         session.conversation.send(Request::Load(history.clone()));
@@ -228,11 +232,23 @@ pub async fn run(chat: ChatArgs, sandbox: SandboxArgs) -> Result<u8, Failure> {
         let end = session.turn(Request::Message(first)).await?;
         code = exit_code(end);
     }
-    if interactive {
+    if interactive && !session.quit.is_requested() {
         code = session.repl().await?;
     }
+    if session.quit.is_requested() {
+        session.restore_terminal();
+    }
+    let quit = session.quit.clone();
     session.conversation.shutdown().await;
-    Ok(code)
+    Ok(quit.exit_code().unwrap_or(code))
+}
+
+/// The terminal's settings before the line editor changed them, to put back when a
+/// signal ends oi while the editor waits (its own restore never runs then).
+fn saved_terminal(interactive: bool) -> Option<rustix::termios::Termios> {
+    interactive
+        .then(|| rustix::termios::tcgetattr(std::io::stdin()).ok())
+        .flatten()
 }
 
 /// The state of a running chat.
@@ -244,17 +260,34 @@ pub struct Chat {
     json: bool,
     auto_run: bool,
     config: Config,
+    /// SIGTERM or SIGHUP: stop as after Ctrl-C, then leave.
+    quit: Quit,
+    terminal: Option<rustix::termios::Termios>,
 }
 
 impl Chat {
+    fn restore_terminal(&self) {
+        if let Some(saved) = &self.terminal {
+            let _ = rustix::termios::tcsetattr(
+                std::io::stdin(),
+                rustix::termios::OptionalActions::Now,
+                saved,
+            );
+        }
+    }
+
     async fn repl(&mut self) -> Result<u8, Failure> {
         loop {
             let Some(prompter) = &self.prompter else {
                 return Ok(0);
             };
-            let line = match prompter.message("> ").await {
-                Input::Leave => return Ok(0),
-                Input::Line(line) => line,
+            let line = tokio::select! {
+                biased;
+                _ = self.quit.requested() => return Ok(0),
+                input = prompter.message("> ") => match input {
+                    Input::Leave => return Ok(0),
+                    Input::Line(line) => line,
+                },
             };
             let text = line.trim();
             if text.is_empty() {
@@ -267,6 +300,9 @@ impl Chat {
                 continue;
             }
             self.turn(Request::Message(line)).await?;
+            if self.quit.is_requested() {
+                return Ok(0);
+            }
         }
     }
 
@@ -274,10 +310,22 @@ impl Chat {
     pub async fn turn(&mut self, request: Request) -> Result<TurnEnd, Failure> {
         self.conversation.send(request);
         let mut spinner = self.spinner();
+        let quit = self.quit.clone();
+        let mut stopping = quit.is_requested();
+        if stopping {
+            self.conversation.interrupt();
+        }
         loop {
             let event = tokio::select! {
                 biased;
                 _ = tokio::signal::ctrl_c() => {
+                    self.conversation.interrupt();
+                    continue;
+                }
+                _ = quit.requested(), if !stopping => {
+                    // As Ctrl-C: the turn ends (its output is kept), then oi leaves.
+                    stopping = true;
+                    eprintln!("oi: asked to stop: interrupting, saving and removing the sandbox");
                     self.conversation.interrupt();
                     continue;
                 }
@@ -347,9 +395,11 @@ impl Chat {
             return Answer::Decline;
         };
         loop {
-            let reply = prompter
-                .answer("Run this code? (y)es (n)o (e)dit (a)lways: ")
-                .await;
+            let reply = tokio::select! {
+                biased;
+                _ = self.quit.requested() => Input::Leave,
+                reply = prompter.answer("Run this code? (y)es (n)o (e)dit (a)lways: ") => reply,
+            };
             let Input::Line(reply) = reply else {
                 self.conversation.interrupt();
                 return Answer::Decline;

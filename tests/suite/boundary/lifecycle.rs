@@ -12,6 +12,8 @@ use bollard::query_parameters::CreateContainerOptionsBuilder;
 use bollard::Docker;
 use oi::core::code_interpreter::{docker, Backend, Engine, ExecStatus, Workspace};
 
+use super::super::chat::{model_args, Home};
+use super::super::llm_server::{openai, ScriptedServer};
 use super::super::{docker_config, docker_required, image, run, session_with};
 
 fn oi_bin() -> &'static str {
@@ -33,9 +35,16 @@ fn can_unshare() -> bool {
 /// the `unshare` process (killing it SIGKILLs the oi inside) and the session's
 /// container id, once the block has printed `up`.
 fn inner_oi(code: &str) -> (Child, String) {
-    let mut child = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "--kill-child", "--"])
-        .arg(oi_bin())
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child", "--"])
+        .arg(oi_bin());
+    exec_until_up(cmd, code)
+}
+
+/// `cmd` (an `oi` to which `exec -v … -c CODE` is added) started, and the container
+/// of its session, once the block has printed `up`.
+fn exec_until_up(mut cmd: Command, code: &str) -> (Child, String) {
+    let mut child = cmd
         .args(["exec", "-v", "--workspace", "none", "-c", code])
         .env(
             "OI_BASE_IMAGE",
@@ -45,7 +54,7 @@ fn inner_oi(code: &str) -> (Child, String) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("unshare runs");
+        .expect("oi runs");
     // Read its stderr to the end (a closed pipe would fail oi's later prints), and
     // pick the container's id from it.
     let stderr = BufReader::new(child.stderr.take().unwrap());
@@ -159,6 +168,111 @@ async fn d5_a_killed_oi_s_container_stops_mid_block_and_is_removed_by_itself() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+fn signal(child: &Child, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d5_sigterm_and_sighup_stop_oi_exec_as_ctrl_c_then_quit() {
+    if image().is_none() {
+        return;
+    }
+    let engine = Engine::connect(docker_config()).await.unwrap();
+    let docker = engine.docker().unwrap().clone();
+    for (sig, code) in [
+        (rustix::process::Signal::TERM, 143),
+        (rustix::process::Signal::HUP, 129),
+    ] {
+        let (child, container) = exec_until_up(
+            Command::new(oi_bin()),
+            "print('up', flush=True)\nwhile True: pass",
+        );
+        signal(&child, sig);
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{sig:?}: {out:?}");
+        // Removed by oi itself before it exited, not later by anyone.
+        assert_eq!(state_of(&docker, &container).await, None, "{sig:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d5_sigterm_stops_the_chat_saves_the_conversation_and_removes_the_sandbox() {
+    if image().is_none() {
+        return;
+    }
+    let server = ScriptedServer::start(vec![openai::execute(
+        "python",
+        "print('up', flush=True)\nwhile True: pass",
+    )])
+    .await;
+    let home = Home::new();
+    let mut cmd = home.oi(&home.project());
+    cmd.args(["-y", "--json"])
+        .args(model_args(&server))
+        .arg("spin")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id().unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut seen = Vec::new();
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the block started within 60 s")
+        .unwrap()
+    {
+        let up = line.contains("\"content\":\"up\\n\"");
+        seen.push(line);
+        if up {
+            break;
+        }
+    }
+    let engine = Engine::connect(docker_config()).await.unwrap();
+    let docker = engine.docker().unwrap().clone();
+    let container = engine
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.owner_pid == Some(pid))
+        .expect("its session is listed")
+        .id;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        seen.push(line);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("oi exited within 30 s")
+        .unwrap();
+    assert_eq!(status.code(), Some(143), "{seen:#?}");
+    assert!(
+        seen.last()
+            .is_some_and(|l| l.contains("turn_end") && l.contains("interrupted")),
+        "{seen:#?}"
+    );
+    assert_eq!(state_of(&docker, &container).await, None);
+    let saved = std::fs::read_dir(home.conversations())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .expect("the conversation was saved");
+    let text = std::fs::read_to_string(saved).unwrap();
+    assert!(
+        text.contains("spin") && text.contains("while True"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
