@@ -704,8 +704,23 @@ pub fn core_config(
     }
     let mut config = Config::new(model, endpoint);
     config.tool_mode = settings.tool_mode.unwrap_or_default();
+    if settings.context_window == Some(0) {
+        bail!("{}: must be at least 1 token", name("context_window"));
+    }
     config.context_window = settings.context_window;
+    if settings.max_tokens == Some(0) {
+        bail!("{}: must be at least 1 token", name("max_tokens"));
+    }
     config.max_tokens = settings.max_tokens;
+    if let Some(t) = settings.temperature {
+        // NaN fails the range test too.
+        if !(0.0..=2.0).contains(&t) {
+            bail!(
+                "{}: must be a number from 0 to 2, got {t}",
+                name("temperature")
+            );
+        }
+    }
     config.temperature = settings.temperature;
     config.system_message = settings.system_message.clone();
     config.custom_instructions = settings.custom_instructions.clone();

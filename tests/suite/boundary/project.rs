@@ -218,6 +218,8 @@ async fn d15_bad_sandbox_values_name_the_file_and_the_key() {
         ("[sandbox]\npids = 99999999999\n", "`sandbox.pids` in"),
         ("[sandbox]\ntimeout = 1e30\n", "`sandbox.timeout` in"),
         ("idle_timeout = 1e30\n", "`idle_timeout` in"),
+        ("temperature = nan\n", "`temperature` in"),
+        ("context_window = 0\n", "`context_window` in"),
         (
             "[sandbox]\nlanguages = [\"z:../../../tmp/evil:sh {file}\"]\n",
             "`sandbox.languages` in",
