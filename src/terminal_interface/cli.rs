@@ -155,7 +155,8 @@ the model, instructions, the workspace mode) and ignores, saying so, what could:
 unsafe, network, writable_root, keep_capabilities, user, looser limits or `none`,
 auto_run, api_base, api_key, provider, and the project image's dockerfile, packages
 and base image (their builds run with network access). Trust is recorded with the
-file's SHA-256 in trust.toml beside your config.toml: a changed file is untrusted again.
+file's SHA-256 (and, for a project image, the fingerprint of its build folder and
+packages) in trust.toml beside your config.toml: a changed file is untrusted again.
 A project file owned by another user, or writable by anyone, is ignored whole.
 
 Examples:

@@ -138,6 +138,9 @@ pub struct Resolved {
     pub ignored: Vec<String>,
     /// Why a project file found was not read at all, or was read without trust.
     pub notices: Vec<String>,
+    /// The fingerprint of the project image build the user trusted, if the project
+    /// file (trusted) builds one.
+    pub project_build: Option<String>,
 }
 
 impl super::trust::Below for Resolved {
@@ -293,22 +296,33 @@ impl Resolved {
         let source = source_of(path);
         self.project_dir = path.parent().map(Path::to_path_buf);
         self.files.push(path.to_path_buf());
-        if store.trusts(&project) {
+        if let Some(entry) = store.trusted(&project) {
+            let build = build_fingerprint(&table)?;
+            if build.is_none() || build == entry.build {
+                self.project_build = build;
+                self.add(&table, &format!("{source} (trusted)"));
+                return Ok(());
+            }
+            // The file is as trusted, but what its image build would run is not.
+            let ignored: Vec<String> = BUILD_KEYS
+                .iter()
+                .filter(|k| remove_key(&mut table, k).is_some())
+                .map(|k| k.to_string())
+                .collect();
             self.add(&table, &format!("{source} (trusted)"));
+            self.notices.push(format!(
+                "the project image's build folder or packages changed since you trusted {}, so \
+                 these settings were ignored: {}. Look at what changed; to build it, run: oi trust {}",
+                path.display(),
+                ignored.join(", "),
+                path.display()
+            ));
+            self.ignored = ignored;
             return Ok(());
         }
         let ignored = self.untrusted_keys(&table);
         for key in &ignored {
-            match key.split_once('.') {
-                Some((outer, inner)) => {
-                    if let Some(toml::Value::Table(t)) = table.get_mut(outer) {
-                        t.remove(inner);
-                    }
-                }
-                None => {
-                    table.remove(key);
-                }
-            }
+            remove_key(&mut table, key);
         }
         self.add(&table, &source);
         if !ignored.is_empty() {
@@ -604,6 +618,65 @@ fn parse_file(
     Ok((table, profiles))
 }
 
+/// The settings that make a project image build (which runs with network access).
+const BUILD_KEYS: [&str; 4] = [
+    "sandbox.dockerfile",
+    "sandbox.apt_packages",
+    "sandbox.pip_packages",
+    "sandbox.base_image",
+];
+
+/// Removes a merged key (`model`, `sandbox.memory`) from a table; returns its value.
+fn remove_key(table: &mut toml::Table, key: &str) -> Option<toml::Value> {
+    match key.split_once('.') {
+        Some((outer, inner)) => match table.get_mut(outer) {
+            Some(toml::Value::Table(t)) => t.remove(inner),
+            _ => None,
+        },
+        None => table.remove(key),
+    }
+}
+
+/// A project file's table, parsed and checked (paths made relative to its folder).
+pub fn parse_project(text: &str, path: &Path) -> anyhow::Result<toml::Table> {
+    Ok(parse_file(text, path, false)?.0)
+}
+
+/// The project image a settings table describes, if it builds one.
+fn project_image_of(table: &toml::Table) -> anyhow::Result<Option<ProjectImage>> {
+    let sandbox: SandboxSettings = match table.get("sandbox") {
+        Some(value) => value
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow!("{e}"))?,
+        None => return Ok(None),
+    };
+    Ok(project_image(&sandbox, "project"))
+}
+
+/// What a project file's image build would run and see (see
+/// [`ProjectImage::fingerprint`]); `None` when it builds none.
+pub fn build_fingerprint(table: &toml::Table) -> anyhow::Result<Option<String>> {
+    match project_image_of(table)? {
+        Some(image) => Ok(Some(image.fingerprint()?)),
+        None => Ok(None),
+    }
+}
+
+/// The project's own image, when the `[sandbox]` settings ask for one.
+fn project_image(sandbox: &SandboxSettings, name: &str) -> Option<ProjectImage> {
+    (sandbox.dockerfile.is_some()
+        || sandbox.apt_packages.is_some()
+        || sandbox.pip_packages.is_some())
+    .then(|| ProjectImage {
+        name: name.to_string(),
+        dockerfile: sandbox.dockerfile.as_ref().map(PathBuf::from),
+        apt_packages: sandbox.apt_packages.clone().unwrap_or_default(),
+        pip_packages: sandbox.pip_packages.clone().unwrap_or_default(),
+        trusted: None,
+    })
+}
+
 /// A table's settings as merged keys (`model`, `sandbox.memory`) and values.
 fn flatten(table: &toml::Table) -> Vec<(String, toml::Value)> {
     let mut out = Vec::new();
@@ -755,16 +828,6 @@ pub fn core_config(
         mount_anyway,
     };
     config.sandbox = setup::config_from_named(&args, name)?;
-    if sandbox.dockerfile.is_some()
-        || sandbox.apt_packages.is_some()
-        || sandbox.pip_packages.is_some()
-    {
-        config.sandbox.project = Some(ProjectImage {
-            name: project_name.to_string(),
-            dockerfile: sandbox.dockerfile.as_ref().map(PathBuf::from),
-            apt_packages: sandbox.apt_packages.clone().unwrap_or_default(),
-            pip_packages: sandbox.pip_packages.clone().unwrap_or_default(),
-        });
-    }
+    config.sandbox.project = project_image(&sandbox, project_name);
     Ok(config)
 }

@@ -87,6 +87,10 @@ fn hex(bytes: &[u8]) -> String {
 pub struct Entry {
     pub path: PathBuf,
     pub sha256: String,
+    /// For a file that builds a project image: the build's fingerprint when trusted
+    /// (the Dockerfile's folder and the packages), since a build runs what they say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
 }
 
 /// The user's trusted project files.
@@ -112,11 +116,11 @@ impl Store {
         }
     }
 
-    /// Whether this exact content of this file is trusted.
-    pub fn trusts(&self, file: &ProjectFile) -> bool {
+    /// The record of this exact content of this file, if it is trusted.
+    pub fn trusted(&self, file: &ProjectFile) -> Option<&Entry> {
         self.entries
             .iter()
-            .any(|e| e.path == file.path && e.sha256 == file.sha256)
+            .find(|e| e.path == file.path && e.sha256 == file.sha256)
     }
 
     /// Whether the file was trusted with other content (it changed since).
@@ -126,12 +130,14 @@ impl Store {
             .any(|e| e.path == file.path && e.sha256 != file.sha256)
     }
 
-    /// Records the file's current content as trusted (replacing an older record).
-    pub fn trust(&mut self, file: &ProjectFile) {
+    /// Records the file's current content (and its build's fingerprint, if it builds
+    /// an image) as trusted, replacing an older record.
+    pub fn trust(&mut self, file: &ProjectFile, build: Option<String>) {
         self.revoke(&file.path);
         self.entries.push(Entry {
             path: file.path.clone(),
             sha256: file.sha256.clone(),
+            build,
         });
     }
 
@@ -339,6 +345,9 @@ pub fn command(
         let mut out = String::new();
         for entry in &store.entries {
             let state = match read_project(&entry.path) {
+                Ok(Ok(file)) if file.sha256 == entry.sha256 && entry.build.is_some() => {
+                    "trusted, with the image build it names"
+                }
                 Ok(Ok(file)) if file.sha256 == entry.sha256 => "trusted",
                 Ok(Ok(_)) => "changed since: not trusted",
                 _ => "missing or unreadable",
@@ -369,10 +378,10 @@ pub fn command(
         Ok(project) => project,
         Err(why) => bail!("{} cannot be trusted: {why}", path.display()),
     };
-    let table: toml::Table =
-        toml::from_str(&project.text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let table = super::config::parse_project(&project.text, &path)?;
     let loosening = super::config::loosening_settings(&table);
-    store.trust(&project);
+    let build = super::config::build_fingerprint(&table)?;
+    store.trust(&project, build);
     store.save(config_file)?;
     let mut out = format!(
         "Trusted {} (sha256 {}): all its settings apply from now on.",
@@ -386,7 +395,8 @@ pub fn command(
         ));
     }
     out.push_str(
-        "\nIf the file changes, oi ignores those settings again until you trust it again.",
+        "\nIf the file changes (or, for its image, the build folder), oi ignores those settings \
+         again until you trust it again.",
     );
     Ok(out)
 }

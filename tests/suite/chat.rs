@@ -803,8 +803,20 @@ async fn a_project_image_is_built_from_oi_toml_once_and_rebuilt_when_its_recipe_
         "{}",
         second.stderr
     );
-    // A changed recipe (a file of the build folder): rebuilt, and the new content is there.
+    // A changed recipe (a file of the build folder): not built until trusted again (code
+    // in a sandbox could have changed it), then rebuilt with the new content.
     std::fs::write(project.join(".oi/note.txt"), format!("second {token}\n")).unwrap();
+    let server = ScriptedServer::start(vec![openai::text(&["ok"])]).await;
+    let changed = run(&mut ask(&server)).await;
+    assert!(
+        changed
+            .stderr
+            .contains("build folder or packages changed since you trusted")
+            && !changed.stderr.contains("built the sandbox image"),
+        "{}",
+        changed.stderr
+    );
+    assert_eq!(run(home.oi(&project).arg("trust")).await.code, 0);
     let server = ScriptedServer::start(vec![
         openai::execute("shell", "cat /opt/note.txt"),
         openai::text(&["ok"]),

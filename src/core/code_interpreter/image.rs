@@ -291,6 +291,10 @@ pub struct ProjectImage {
     pub apt_packages: Vec<String>,
     /// Python packages to add (with pip).
     pub pip_packages: Vec<String>,
+    /// The [`ProjectImage::fingerprint`] the user trusted, when the recipe comes from a
+    /// project file: a build whose folder no longer matches it is refused (code in the
+    /// sandbox can change a mounted project's files between the check and the build).
+    pub trusted: Option<String>,
 }
 
 impl ProjectImage {
@@ -347,6 +351,12 @@ impl ProjectImage {
         Ok(text)
     }
 
+    /// What a build would run and see: the SHA-256 of the recipe and the build folder.
+    pub fn fingerprint(&self) -> Result<String> {
+        let recipe = self.recipe()?;
+        Ok(hex(&Sha256::digest(self.context(&recipe)?)))
+    }
+
     /// The build context: the Dockerfile's folder (without `.git`) and the recipe.
     fn context(&self, recipe: &str) -> Result<Vec<u8>> {
         let mut builder = tar::Builder::new(Vec::new());
@@ -384,6 +394,10 @@ impl ProjectImage {
     }
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn append(builder: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
     let mut header = tar::Header::new_gnu();
     header.set_size(data.len() as u64);
@@ -412,6 +426,18 @@ pub async fn ensure_project(
         .unwrap_or_default();
     let recipe = project.recipe()?;
     let context = project.context(&recipe)?;
+    if let Some(trusted) = &project.trusted {
+        if hex(&Sha256::digest(&context)) != *trusted {
+            return Err(SandboxError::BuildFailed {
+                step: None,
+                message: "the project's build folder changed since it was checked against \
+                          what you trusted; nothing was built"
+                    .into(),
+                log: Vec::new(),
+                hint: Some("look at what changed, then `oi trust` the project file again"),
+            });
+        }
+    }
     let mut hasher = Sha256::new();
     hasher.update(base_id.as_bytes());
     hasher.update(b"\0");
@@ -585,6 +611,7 @@ mod tests {
             dockerfile: None,
             apt_packages: vec!["jq".into()],
             pip_packages: vec!["polars==1.0".into()],
+            trusted: None,
         };
         let recipe = project.recipe().unwrap();
         assert!(

@@ -60,10 +60,14 @@ pub fn resolve(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "project".into());
-    let config = config::core_config(&settings, sandbox.mount_anyway, &project_name, &|key| {
+    let mut config = config::core_config(&settings, sandbox.mount_anyway, &project_name, &|key| {
         resolved.name_of(key)
     })
     .map_err(Failure::usage)?;
+    // A build from a trusted project file must build what was trusted.
+    if let (Some(project), Some(trusted)) = (&mut config.sandbox.project, &resolved.project_build) {
+        project.trusted = Some(trusted.clone());
+    }
     Ok((resolved, config, paths, settings.verbose.unwrap_or(false)))
 }
 

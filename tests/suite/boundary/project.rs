@@ -270,3 +270,44 @@ async fn d15_bad_sandbox_values_name_the_file_and_the_key() {
         );
     }
 }
+
+#[tokio::test]
+async fn d2_a_project_image_builds_only_what_was_trusted() {
+    use oi::core::code_interpreter::image::ProjectImage;
+    if image().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dockerfile = dir.path().join("Dockerfile");
+    std::fs::write(&dockerfile, "ARG OI_IMAGE\nFROM ${OI_IMAGE}\n").unwrap();
+    let mut project = ProjectImage {
+        name: "d2-trusted-build".into(),
+        dockerfile: Some(dockerfile.clone()),
+        apt_packages: Vec::new(),
+        pip_packages: Vec::new(),
+        trusted: None,
+    };
+    let trusted = project.fingerprint().unwrap();
+    // Between the check and the build, code in a sandbox rewrites the Dockerfile.
+    std::fs::write(
+        &dockerfile,
+        "ARG OI_IMAGE\nFROM ${OI_IMAGE}\nRUN echo fetched with network access\n",
+    )
+    .unwrap();
+    project.trusted = Some(trusted);
+    let mut engine = super::super::engine_with(oi::core::code_interpreter::Backend::Docker, |c| {
+        c.image = None;
+        c.project = Some(project);
+    })
+    .await
+    .unwrap();
+    let err = engine
+        .ensure_image(false, &mut |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("changed since it was checked against what you trusted"),
+        "{err}"
+    );
+}
