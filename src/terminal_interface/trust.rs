@@ -35,7 +35,14 @@ pub struct ProjectFile {
 /// writable by anyone), not a regular file, too large, not UTF-8.
 pub fn read_project(path: &Path) -> anyhow::Result<Result<ProjectFile, String>> {
     use std::io::Read;
-    let file = match std::fs::File::open(path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: a name swapped for a FIFO must not hang oi at start (the check
+    // below then refuses anything but a regular file).
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+    {
         Ok(file) => file,
         Err(err) => return Ok(Err(format!("cannot read it: {err}"))),
     };
