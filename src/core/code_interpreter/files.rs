@@ -3,10 +3,14 @@
 //! In: the host file or folder is packed into a temporary tar file (so memory stays
 //! bounded), its entries owned by the sandbox's user, and streamed to the container.
 //! Out: the container's tar is streamed to a temporary file, then unpacked entry by
-//! entry, refusing what could escape the destination: absolute paths, `..`, links that
-//! point outside, hard links, devices. Paths on the sandbox side must stay inside
-//! `/workspace`. Knows Docker and tar, not sessions.
+//! entry through [`crate::core::hostfs`]: relative to folders opened without following
+//! links, files created exclusively, links made verbatim and then resolved as the
+//! filesystem would; what could land outside the destination is refused and the copy
+//! taken back (absolute paths, `..`, links leading out, hard links, devices). Paths on
+//! the sandbox side must stay inside `/workspace`. Knows Docker and tar, not sessions;
+//! how host files are created safely is `hostfs`'s business.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
@@ -16,6 +20,7 @@ use bollard::Docker;
 use futures::StreamExt;
 
 use super::error::{Result, SandboxError};
+use crate::core::hostfs::{Dir, HostFsError, LinkCheck};
 
 /// Where the workspace is inside the sandbox.
 pub const WORKSPACE: &str = "/workspace";
@@ -204,142 +209,177 @@ pub async fn download(
         .map_err(|e| refused(format!("unpacking failed: {e}")))?
 }
 
-/// Unpacks a tar from a sandbox into `dest`, refusing every entry that could write
-/// outside it. Every entry is checked before anything is written, so a refused archive
-/// leaves nothing behind.
-pub fn unpack<R: std::io::Read + Seek>(mut tar: R, dest: &Path) -> Result<Vec<PathBuf>> {
-    let plan = {
-        let mut archive = tar::Archive::new(&mut tar);
-        let mut plan = Vec::new();
-        let mut links: Vec<PathBuf> = Vec::new();
-        for entry in archive.entries().map_err(io_error("reading the archive"))? {
-            let entry = entry.map_err(io_error("reading the archive"))?;
-            let path = entry
-                .path()
-                .map_err(io_error("reading the archive"))?
-                .into_owned();
-            let shown = path.display().to_string();
-            if path.is_absolute() || escapes(&path) {
-                return Err(refused(format!(
-                    "refused `{shown}` from the sandbox: it points outside the destination"
-                )));
-            }
-            // Nothing may be written through a link the archive itself makes.
-            if links.iter().any(|l| path.starts_with(l) && path != *l) {
-                return Err(refused(format!(
-                    "refused `{shown}` from the sandbox: it would be written through a link"
-                )));
-            }
-            let target = dest.join(&path);
-            let kind = entry.header().entry_type();
-            let link = match kind {
-                tar::EntryType::Directory => None,
-                tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Symlink => {
-                    if target.symlink_metadata().is_ok() {
-                        return Err(refused(format!(
-                            "{} exists already: not overwritten (remove it or copy to another folder)",
-                            target.display()
-                        )));
-                    }
-                    check_parents(dest, &path)?;
-                    if kind == tar::EntryType::Symlink {
-                        let link = entry
-                            .link_name()
-                            .map_err(io_error("reading the archive"))?
-                            .map(|l| l.into_owned())
-                            .unwrap_or_default();
-                        let base = path.parent().unwrap_or(Path::new(""));
-                        if link.is_absolute() || escapes(&base.join(&link)) {
-                            return Err(refused(format!(
-                                "refused the link `{shown}` -> `{}` from the sandbox: it points outside the destination",
-                                link.display()
-                            )));
-                        }
-                        links.push(path.clone());
-                        Some(link)
-                    } else {
-                        None
-                    }
-                }
-                other => {
-                    return Err(refused(format!(
-                        "refused `{shown}` from the sandbox: a {other:?} entry is not copied out"
-                    )))
-                }
+/// Unpacks a tar from a sandbox into `dest`; nothing lands outside it, whatever links,
+/// chains of links or entry order the archive holds, and whatever the sandbox changes
+/// in `dest` meanwhile (a mounted workspace is writable from inside while oi writes).
+///
+/// Every entry is written relative to folder descriptors opened without following
+/// links ([`hostfs::Dir`]), so no link is ever traversed: not one from the archive, not
+/// one already there, not one swapped in during the copy. Files are created exclusively
+/// (nothing is overwritten) with permission bits only; links are made verbatim, then
+/// each is resolved as the filesystem would from `dest` (`openat2` with
+/// `RESOLVE_BENEATH`): one that leads outside is refused, and so is a dangling one whose
+/// text climbs (`..`) or is absolute. On any refusal, what this copy made is removed
+/// again, so a refused archive leaves nothing behind. Returns the files and links made.
+pub fn unpack<R: std::io::Read>(tar: R, dest: &Path) -> Result<Vec<PathBuf>> {
+    let root = Dir::create_all(dest).map_err(|e| refused(format!("{e}")))?;
+    let mut made = Made::default();
+    let result = unpack_into(tar, &root, dest, &mut made);
+    match result {
+        Ok(()) => Ok(made.written),
+        Err(err) => {
+            made.undo(&root);
+            Err(err)
+        }
+    }
+}
+
+/// What one copy made, to report it or to take it back.
+#[derive(Default)]
+struct Made {
+    /// Everything made, in order (relative to the destination) and whether a folder.
+    all: Vec<(PathBuf, bool)>,
+    /// Files and links, as `dest/relative`.
+    written: Vec<PathBuf>,
+    /// Links made: relative path and their text.
+    links: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Made {
+    /// Removes what was made, deepest and latest first, never through a link.
+    fn undo(&self, root: &Dir) {
+        for (path, folder) in self.all.iter().rev() {
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+                continue;
             };
-            plan.push((path, kind, link));
+            if let Ok(dir) = root.descend(parent) {
+                let _ = dir.remove(name, *folder);
+            }
         }
-        plan
-    };
-    tar.seek(SeekFrom::Start(0))
-        .map_err(io_error("rereading the archive"))?;
-    std::fs::create_dir_all(dest).map_err(io_error("creating the destination"))?;
+    }
+}
+
+fn unpack_into<R: std::io::Read>(tar: R, root: &Dir, dest: &Path, made: &mut Made) -> Result<()> {
     let mut archive = tar::Archive::new(tar);
-    let mut written = Vec::new();
-    for (entry, (path, kind, link)) in archive
-        .entries()
-        .map_err(io_error("reading the archive"))?
-        .zip(plan)
-    {
+    for entry in archive.entries().map_err(io_error("reading the archive"))? {
         let mut entry = entry.map_err(io_error("reading the archive"))?;
-        let target = dest.join(&path);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(io_error("creating a folder"))?;
+        let path = entry
+            .path()
+            .map_err(io_error("reading the archive"))?
+            .into_owned();
+        let shown = path.display().to_string();
+        let kind = entry.header().entry_type();
+        if kind == tar::EntryType::XGlobalHeader {
+            continue;
         }
-        match (kind, link) {
-            (tar::EntryType::Directory, _) => {
-                std::fs::create_dir_all(&target).map_err(io_error("creating a folder"))?;
+        let Some((parents, name)) = plain_parts(&path) else {
+            return Err(refused(format!(
+                "refused `{shown}` from the sandbox: it points outside the destination"
+            )));
+        };
+        // Folders on the way, opened (or made) one by one, never through a link.
+        let mut dir = root
+            .descend(Path::new(""))
+            .map_err(|e| refused(e.to_string()))?;
+        let mut at = PathBuf::new();
+        for parent in &parents {
+            at.push(parent);
+            let (child, was_made) = dir.child(parent, true).map_err(|e| match e {
+                HostFsError::Link { .. } => refused(format!(
+                    "refused `{shown}` from the sandbox: it would be written through the link {}",
+                    dest.join(&at).display()
+                )),
+                other => refused(format!("refused `{shown}` from the sandbox: {other}")),
+            })?;
+            if was_made {
+                made.all.push((at.clone(), true));
             }
-            (_, Some(link)) => {
-                std::os::unix::fs::symlink(&link, &target).map_err(io_error("making a link"))?;
-                written.push(target);
+            dir = child;
+        }
+        let relative = at.join(&name);
+        let target = dest.join(&relative);
+        let exists = || {
+            refused(format!(
+                "{} exists already: not overwritten (remove it or copy to another folder)",
+                target.display()
+            ))
+        };
+        match kind {
+            tar::EntryType::Directory => {
+                let (_, was_made) = dir.child(&name, true).map_err(|e| match e {
+                    HostFsError::Link { .. } => refused(format!(
+                        "refused `{shown}` from the sandbox: it would be written through the link {}",
+                        target.display()
+                    )),
+                    other => refused(format!("refused `{shown}` from the sandbox: {other}")),
+                })?;
+                if was_made {
+                    made.all.push((relative, true));
+                }
             }
-            _ => {
-                let mut file = File::create(&target).map_err(io_error("writing a file"))?;
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mode = entry.header().mode().unwrap_or(0o644);
+                let mut file = dir.create_new(&name, mode).map_err(|e| match e {
+                    HostFsError::Exists { .. } => exists(),
+                    other => refused(other.to_string()),
+                })?;
+                made.all.push((relative, false));
+                made.written.push(target);
                 std::io::copy(&mut entry, &mut file).map_err(io_error("writing a file"))?;
-                written.push(target);
             }
-        }
-    }
-    Ok(written)
-}
-
-/// Whether a relative path climbs above its start.
-fn escapes(path: &Path) -> bool {
-    let mut depth: i64 = 0;
-    for component in path.components() {
-        match component {
-            Component::ParentDir => depth -= 1,
-            Component::Normal(_) => depth += 1,
-            Component::RootDir | Component::Prefix(_) => return true,
-            Component::CurDir => {}
-        }
-        if depth < 0 {
-            return true;
-        }
-    }
-    false
-}
-
-/// Refuses a write through a link unpacked earlier (`a -> ..`, then `a/x`).
-fn check_parents(dest: &Path, path: &Path) -> Result<()> {
-    let mut at = dest.to_path_buf();
-    if let Some(parent) = path.parent() {
-        for component in parent.components() {
-            at.push(component);
-            if at
-                .symlink_metadata()
-                .is_ok_and(|m| m.file_type().is_symlink())
-            {
+            tar::EntryType::Symlink => {
+                let link = entry
+                    .link_name()
+                    .map_err(io_error("reading the archive"))?
+                    .map(|l| l.into_owned())
+                    .unwrap_or_default();
+                dir.symlink(&link, &name).map_err(|e| match e {
+                    HostFsError::Exists { .. } => exists(),
+                    other => refused(other.to_string()),
+                })?;
+                made.all.push((relative.clone(), false));
+                made.written.push(target);
+                made.links.push((relative, link));
+            }
+            other => {
                 return Err(refused(format!(
-                    "refused `{}` from the sandbox: it would be written through the link {}",
-                    path.display(),
-                    at.display()
-                )));
+                    "refused `{shown}` from the sandbox: a {other:?} entry is not copied out"
+                )))
             }
+        }
+    }
+    // Links are judged once everything is there: a link may lead through later entries.
+    for (relative, link) in &made.links {
+        let climbs = link.is_absolute() || link.components().any(|c| c == Component::ParentDir);
+        let outside = match root.link_target_inside(relative) {
+            LinkCheck::Inside => false,
+            LinkCheck::Outside => true,
+            LinkCheck::Dangling | LinkCheck::Unknown => climbs,
+        };
+        if outside {
+            return Err(refused(format!(
+                "refused the link `{}` -> `{}` from the sandbox: it points outside the destination",
+                relative.display(),
+                link.display()
+            )));
         }
     }
     Ok(())
+}
+
+/// The folders and the name of an archive path, if it is made of plain names only
+/// (`.` is skipped; `..`, `/` and an empty path are not plain).
+fn plain_parts(path: &Path) -> Option<(Vec<OsString>, OsString)> {
+    let mut parts = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(name) => parts.push(name.to_os_string()),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    let name = parts.pop()?;
+    Some((parts, name))
 }
 
 #[cfg(test)]
@@ -382,6 +422,128 @@ mod tests {
         h.set_link_name(target).unwrap();
         h.set_cksum();
         b.append(&h, std::io::empty()).unwrap();
+    }
+
+    fn dir(b: &mut tar::Builder<Vec<u8>>, path: &str) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o755);
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_path(path).unwrap();
+        h.set_cksum();
+        b.append(&h, std::io::empty()).unwrap();
+    }
+
+    /// Everything below `root`, as sorted relative paths.
+    fn tree(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(at) = stack.pop() {
+            for entry in std::fs::read_dir(&at).unwrap() {
+                let path = entry.unwrap().path();
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+                if path.symlink_metadata().unwrap().is_dir() {
+                    stack.push(path);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The chain, in every order: `up` is inside (it resolves to the
+    /// destination), `esc` climbs four levels above it.
+    #[test]
+    fn link_chains_are_resolved_as_the_filesystem_would() {
+        let entry = |b: &mut tar::Builder<Vec<u8>>, i: usize| match i {
+            0 => dir(b, "a/b/c/d/"),
+            1 => link(b, "a/b/c/d/up", "../../../.."),
+            _ => link(b, "esc", "a/b/c/d/up/../../../.."),
+        };
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1]] {
+            let tar = archive(|b| order.iter().for_each(|&i| entry(b, i)));
+            let top = tempfile::tempdir().unwrap();
+            let dest = top.path().join("x/y/z/w/dest");
+            let err = unpack(std::io::Cursor::new(tar), &dest)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("refused the link `esc` -> `a/b/c/d/up/../../../..`"),
+                "{order:?}: {err}"
+            );
+            assert_eq!(tree(&dest), Vec::<String>::new(), "{order:?}: taken back");
+        }
+        // Without `esc` the chain stays inside and is copied as it is.
+        let tar = archive(|b| {
+            dir(b, "a/b/c/d/");
+            link(b, "a/b/c/d/up", "../../../..");
+            link(b, "top", "a/b/c/d/up/a");
+        });
+        let dest = tempfile::tempdir().unwrap();
+        let written = unpack(std::io::Cursor::new(tar), dest.path()).unwrap();
+        assert_eq!(written.len(), 2);
+        assert_eq!(
+            std::fs::read_link(dest.path().join("top")).unwrap(),
+            Path::new("a/b/c/d/up/a")
+        );
+    }
+
+    /// A second copy into a destination holding links (from an earlier copy, or put
+    /// there by the sandbox in a mounted workspace) never writes through them.
+    #[test]
+    fn a_later_copy_never_writes_through_a_link_already_there() {
+        let top = tempfile::tempdir().unwrap();
+        let outside = top.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let dest = top.path().join("dest");
+        std::fs::create_dir_all(dest.join("a/b/c/d")).unwrap();
+        std::os::unix::fs::symlink("../../../..", dest.join("a/b/c/d/up")).unwrap();
+        std::os::unix::fs::symlink("a/b/c/d/up/..", dest.join("esc")).unwrap();
+        std::os::unix::fs::symlink(&outside, dest.join("abs")).unwrap();
+        for via in ["esc", "abs", "a/b/c/d/up"] {
+            for tar in [
+                archive(|b| dir(b, &format!("{via}/pwned/"))),
+                archive(|b| file(b, &format!("{via}/pwned.txt"), b"x")),
+                archive(|b| link(b, &format!("{via}/pwned"), "/etc")),
+            ] {
+                let err = unpack(std::io::Cursor::new(tar), &dest)
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains("would be written through the link"), "{err}");
+            }
+        }
+        assert_eq!(tree(&outside), Vec::<String>::new());
+        assert_eq!(tree(top.path()).len(), 9, "{:?}", tree(top.path()));
+        // The destination itself may not be reached through a link either.
+        let err = unpack(
+            std::io::Cursor::new(archive(|b| file(b, "f", b"x"))),
+            &dest.join("abs/inner"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("is a symbolic link"), "{err}");
+        assert_eq!(tree(&outside), Vec::<String>::new());
+    }
+
+    #[test]
+    fn files_keep_permission_bits_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let tar = archive(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(1);
+            h.set_mode(0o6755);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_path("tool").unwrap();
+            h.set_cksum();
+            b.append(&h, &b"x"[..]).unwrap();
+        });
+        let dest = tempfile::tempdir().unwrap();
+        unpack(std::io::Cursor::new(tar), dest.path()).unwrap();
+        let mode = std::fs::metadata(dest.path().join("tool"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7000, 0, "{mode:o}");
     }
 
     #[test]
