@@ -18,6 +18,7 @@ use anyhow::Context;
 
 use super::cli::{ChatArgs, SandboxArgs};
 use super::config::{self, Paths, Resolved};
+use super::sanitize::{self, visible, Kind};
 use super::{setup, Failure};
 use crate::core::config::Config;
 use crate::core::llm::ProviderKind;
@@ -248,7 +249,8 @@ impl Chat {
             }
             if text.starts_with('%') {
                 if let Err(err) = magic::run(self, text).await {
-                    eprintln!("oi: {err:#}");
+                    // Errors can carry names from the sandbox (a refused download).
+                    eprintln!("oi: {}", visible(&format!("{err:#}"), Kind::Prose));
                 }
                 continue;
             }
@@ -282,7 +284,7 @@ impl Chat {
             }
             if self.json {
                 let mut out = std::io::stdout().lock();
-                writeln!(out, "{}", event.to_json())?;
+                writeln!(out, "{}", sanitize::json_line(&event.to_json()))?;
                 out.flush()?;
             } else {
                 self.renderer.event(&event)?;
@@ -290,7 +292,11 @@ impl Chat {
             match event {
                 Event::Message(message) => {
                     if let Err(err) = self.store.append(&message) {
-                        eprintln!("oi: could not save the conversation: {err:#}");
+                        let err = format!("{err:#}");
+                        eprintln!(
+                            "oi: could not save the conversation: {}",
+                            visible(&err, Kind::Prose)
+                        );
                     }
                     // Output fed back: the model is thinking again.
                     if message.kind == MessageType::Console && spinner.is_none() {
@@ -349,7 +355,7 @@ impl Chat {
                 }
                 "e" | "edit" => match edit(language, code).await {
                     Ok(edited) => return Answer::Edit(edited),
-                    Err(err) => eprintln!("oi: {err:#}"),
+                    Err(err) => eprintln!("oi: {}", visible(&format!("{err:#}"), Kind::Prose)),
                 },
                 _ => eprintln!("oi: answer y, n, e or a"),
             }
@@ -404,8 +410,8 @@ async fn pick_conversation(paths: &Paths, interactive: bool) -> Result<Option<St
             "{:>3}. {}  {:<20} {}  ({})",
             i + 1,
             meta.created,
-            meta.model,
-            meta.title,
+            visible(&meta.model, Kind::Name),
+            visible(&meta.title, Kind::Name),
             meta.id
         )?;
     }
