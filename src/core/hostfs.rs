@@ -111,16 +111,24 @@ pub struct Dir {
 impl Dir {
     /// Opens an existing folder; refuses a link in any component.
     pub fn open(path: &Path) -> Result<Dir> {
-        Self::walk(path, false)
+        Self::walk(path, false, &mut Vec::new())
     }
 
     /// Opens a folder, creating what is missing of it (like `mkdir -p`); refuses a
     /// link in any component.
     pub fn create_all(path: &Path) -> Result<Dir> {
-        Self::walk(path, true)
+        Self::walk(path, true, &mut Vec::new())
     }
 
-    fn walk(path: &Path, create: bool) -> Result<Dir> {
+    /// [`Dir::create_all`], also returning the folders it made (each as its parent and
+    /// its name, outermost first) so that a caller can take them back.
+    pub fn create_all_made(path: &Path) -> Result<(Dir, Vec<(Dir, OsString)>)> {
+        let mut made = Vec::new();
+        let dir = Self::walk(path, true, &mut made)?;
+        Ok((dir, made))
+    }
+
+    fn walk(path: &Path, create: bool, made: &mut Vec<(Dir, OsString)>) -> Result<Dir> {
         let start = if path.is_absolute() { "/" } else { "." };
         let fd = rustix::fs::openat(rustix::fs::CWD, start, DIR_FLAGS, Mode::empty())
             .map_err(io("opening", Path::new(start)))?;
@@ -141,7 +149,11 @@ impl Dir {
                 }
                 Component::Normal(name) => {
                     shown.push(name);
-                    dir = dir.child_as(name, create, &shown)?.0;
+                    let (child, was_made) = dir.child_as(name, create, &shown)?;
+                    if was_made {
+                        made.push((dir, name.to_os_string()));
+                    }
+                    dir = child;
                 }
             }
         }
@@ -378,6 +390,35 @@ impl Dir {
             }
         }
         Ok(dir)
+    }
+
+    /// The names in this folder (without `.` and `..`), sorted.
+    pub fn names(&self) -> Result<Vec<OsString>> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&self.fd, ".", flags, Mode::empty())
+            .map_err(io("listing", &self.path))?;
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&fd).map_err(io("listing", &self.path))? {
+            let entry = entry.map_err(io("listing", &self.path))?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(OsStr::from_bytes(name).to_os_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// The folder's own status (mode, times).
+    pub fn metadata(&self) -> Result<rustix::fs::Stat> {
+        rustix::fs::fstat(&self.fd).map_err(io("reading", &self.path))
+    }
+
+    /// What `name` in this folder is, not following a link.
+    pub fn stat(&self, name: &OsStr) -> Result<rustix::fs::Stat> {
+        let shown = self.path.join(name);
+        check_name(name, &shown)?;
+        rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(io("reading", &shown))
     }
 
     /// Whether the link at `relative` (below this folder) stays inside this folder when

@@ -14,6 +14,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use bollard::query_parameters::{DownloadFromContainerOptions, UploadToContainerOptions};
 use bollard::Docker;
@@ -130,42 +131,106 @@ fn parse_user(user: &str) -> (u64, u64) {
     (uid, parts.next().unwrap_or(uid))
 }
 
+/// One thing to pack: a name in an open folder, or an open folder itself.
+enum Item {
+    Named(Rc<Dir>, OsString, PathBuf),
+    Folder(Rc<Dir>, PathBuf),
+}
+
 /// Packs `source` into a temporary tar file whose entries are owned by uid:gid.
+///
+/// The source is read through folders opened without following links
+/// ([`hostfs::Dir`]): the user names it, but it may lie in the workspace, where the
+/// sandbox can swap a folder for a link to what it should not see while oi reads. A
+/// link inside the source is packed as a link; a link on the way to it is refused.
 fn pack(source: &Path, name: &str, uid: u64, gid: u64) -> Result<File> {
     let mut builder =
         tar::Builder::new(tempfile::tempfile().map_err(io_error("a temporary file"))?);
     builder.follow_symlinks(false);
-    let mut stack = vec![(source.to_path_buf(), PathBuf::from(name))];
-    while let Some((path, in_tar)) = stack.pop() {
-        let meta = std::fs::symlink_metadata(&path).map_err(io_error("reading a file to copy"))?;
+    let open = |path: &Path| Dir::open(path).map_err(|e| refused(format!("cannot read {e}")));
+    let first = match source.components().next_back() {
+        Some(Component::Normal(base)) => {
+            let parent = source
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            Item::Named(
+                Rc::new(open(parent)?),
+                base.to_os_string(),
+                PathBuf::from(name),
+            )
+        }
+        _ => Item::Folder(Rc::new(open(source)?), PathBuf::from(name)),
+    };
+    let header = |kind: tar::EntryType, mode: u32, mtime: i64| {
         let mut header = tar::Header::new_gnu();
-        header.set_metadata(&meta);
+        header.set_entry_type(kind);
+        header.set_mode(mode & 0o7777);
+        header.set_mtime(u64::try_from(mtime).unwrap_or(0));
         header.set_uid(uid);
         header.set_gid(gid);
-        if meta.is_dir() {
-            header.set_size(0);
-            builder
-                .append_data(&mut header, &in_tar, std::io::empty())
-                .map_err(io_error("packing"))?;
-            let mut entries: Vec<_> = std::fs::read_dir(&path)
-                .map_err(io_error("listing a folder to copy"))?
-                .filter_map(|e| e.ok())
-                .collect();
-            entries.sort_by_key(|e| std::cmp::Reverse(e.file_name()));
-            for entry in entries {
-                stack.push((entry.path(), in_tar.join(entry.file_name())));
+        header.set_size(0);
+        header
+    };
+    let mut stack = vec![first];
+    while let Some(item) = stack.pop() {
+        let (folder, in_tar) = match item {
+            Item::Folder(folder, in_tar) => {
+                let stat = folder.metadata().map_err(|e| refused(e.to_string()))?;
+                let mut h = header(tar::EntryType::Directory, stat.st_mode, stat.st_mtime);
+                builder
+                    .append_data(&mut h, &in_tar, std::io::empty())
+                    .map_err(io_error("packing"))?;
+                (folder, in_tar)
             }
-        } else if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&path).map_err(io_error("reading a link"))?;
-            header.set_size(0);
-            builder
-                .append_link(&mut header, &in_tar, &target)
-                .map_err(io_error("packing"))?;
-        } else if meta.is_file() {
-            let file = File::open(&path).map_err(io_error("opening a file to copy"))?;
-            builder
-                .append_data(&mut header, &in_tar, file)
-                .map_err(io_error("packing"))?;
+            Item::Named(parent, base, in_tar) => {
+                let stat = parent.stat(&base).map_err(|e| refused(e.to_string()))?;
+                let (mode, mtime) = (stat.st_mode, stat.st_mtime);
+                match rustix::fs::FileType::from_raw_mode(stat.st_mode) {
+                    rustix::fs::FileType::Directory => {
+                        let (folder, _) = parent
+                            .child(&base, false)
+                            .map_err(|e| refused(format!("cannot read {e}")))?;
+                        let mut h = header(tar::EntryType::Directory, mode, mtime);
+                        builder
+                            .append_data(&mut h, &in_tar, std::io::empty())
+                            .map_err(io_error("packing"))?;
+                        (Rc::new(folder), in_tar)
+                    }
+                    rustix::fs::FileType::Symlink => {
+                        let target = parent.link_target(&base).unwrap_or_default();
+                        let mut h = header(tar::EntryType::Symlink, mode, mtime);
+                        builder
+                            .append_link(&mut h, &in_tar, &target)
+                            .map_err(io_error("packing"))?;
+                        continue;
+                    }
+                    rustix::fs::FileType::RegularFile => {
+                        // Opened without following a link swapped in since the look.
+                        let file = parent
+                            .open_file(&base)
+                            .map_err(|e| refused(format!("cannot read {e}")))?;
+                        let meta = file
+                            .metadata()
+                            .map_err(io_error("reading a file to copy"))?;
+                        let mut h = tar::Header::new_gnu();
+                        h.set_metadata(&meta);
+                        h.set_uid(uid);
+                        h.set_gid(gid);
+                        builder
+                            .append_data(&mut h, &in_tar, file)
+                            .map_err(io_error("packing"))?;
+                        continue;
+                    }
+                    // Pipes, sockets, devices: not copied.
+                    _ => continue,
+                }
+            }
+        };
+        let names = folder.names().map_err(|e| refused(e.to_string()))?;
+        for base in names.into_iter().rev() {
+            let in_tar = in_tar.join(&base);
+            stack.push(Item::Named(folder.clone(), base, in_tar));
         }
     }
     let mut file = builder.into_inner().map_err(io_error("packing"))?;
@@ -222,13 +287,17 @@ pub async fn download(
 /// text climbs (`..`) or is absolute. On any refusal, what this copy made is removed
 /// again, so a refused archive leaves nothing behind. Returns the files and links made.
 pub fn unpack<R: std::io::Read>(tar: R, dest: &Path) -> Result<Vec<PathBuf>> {
-    let root = Dir::create_all(dest).map_err(|e| refused(format!("{e}")))?;
+    let (root, made_dest) = Dir::create_all_made(dest).map_err(|e| refused(format!("{e}")))?;
     let mut made = Made::default();
     let result = unpack_into(tar, &root, dest, &mut made);
     match result {
         Ok(()) => Ok(made.written),
         Err(err) => {
             made.undo(&root);
+            // The destination's own folders too, if this copy made them.
+            for (parent, name) in made_dest.iter().rev() {
+                let _ = parent.remove(name, true);
+            }
             Err(err)
         }
     }
@@ -471,7 +540,7 @@ mod tests {
                 err.contains("refused the link `esc` -> `a/b/c/d/up/../../../..`"),
                 "{order:?}: {err}"
             );
-            assert_eq!(tree(&dest), Vec::<String>::new(), "{order:?}: taken back");
+            assert!(!top.path().join("x").exists(), "{order:?}: taken back");
         }
         // Without `esc` the chain stays inside and is copied as it is.
         let tar = archive(|b| {
@@ -586,5 +655,78 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(again.contains("exists already"), "{again}");
+    }
+
+    fn names_in(mut tar: File) -> Vec<String> {
+        let mut names = Vec::new();
+        tar.seek(SeekFrom::Start(0)).unwrap();
+        for entry in tar::Archive::new(tar).entries().unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.header().entry_type();
+            names.push(format!("{} {kind:?}", entry.path().unwrap().display()));
+        }
+        names
+    }
+
+    #[test]
+    fn uploads_pack_links_as_links_and_refuse_links_on_the_way() {
+        let top = tempfile::tempdir().unwrap();
+        let src = top.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("sub/a.txt"), "a").unwrap();
+        std::os::unix::fs::symlink("/etc", src.join("etc")).unwrap();
+        let tar = pack(&src, "src", 1000, 1000).unwrap();
+        assert_eq!(
+            names_in(tar),
+            [
+                "src Directory",
+                "src/etc Symlink",
+                "src/sub Directory",
+                "src/sub/a.txt Regular"
+            ]
+        );
+        std::os::unix::fs::symlink(&src, top.path().join("via")).unwrap();
+        let err = pack(&top.path().join("via/sub"), "sub", 1000, 1000)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a symbolic link"), "{err}");
+    }
+
+    /// The sandbox swaps a folder it can write for a link to a secret while oi packs
+    /// an upload: the secret is never read.
+    #[test]
+    fn uploads_never_read_through_a_folder_swapped_for_a_link() {
+        let top = tempfile::tempdir().unwrap();
+        let secret = top.path().join("secret");
+        std::fs::create_dir(&secret).unwrap();
+        std::fs::write(secret.join("key.pem"), "SECRET").unwrap();
+        let src = top.path().join("work");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("sub/ok.txt"), "ok").unwrap();
+        std::os::unix::fs::symlink(&secret, src.join("sub-swap")).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (a, b, stop) = (src.join("sub"), src.join("sub-swap"), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    rustix::fs::renameat_with(
+                        rustix::fs::CWD,
+                        &a,
+                        rustix::fs::CWD,
+                        &b,
+                        rustix::fs::RenameFlags::EXCHANGE,
+                    )
+                    .unwrap();
+                }
+            })
+        };
+        for _ in 0..300 {
+            if let Ok(tar) = pack(&src, "work", 1000, 1000) {
+                let names = names_in(tar);
+                assert!(!names.iter().any(|n| n.contains("key.pem")), "{names:?}");
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
     }
 }
