@@ -235,6 +235,18 @@ impl<W: Write, E: Write> Renderer<W, E> {
         let Some(content) = &chunk.content else {
             return Ok(());
         };
+        if kind == MessageType::Image && chunk.role == Role::User {
+            // The user's own image (a loaded conversation): named, not saved again.
+            self.finish_open()?;
+            let what = match chunk.format.as_deref() {
+                Some("path") => content.as_str(),
+                _ => "attached",
+            };
+            let (what, _) = self.safe(what, Kind::Name);
+            let line = self.styled(CYAN, &format!("[image: {what}]"));
+            writeln!(self.out, "{line}")?;
+            return self.out.flush();
+        }
         if kind == MessageType::Image {
             return self.image(chunk.format.as_deref().unwrap_or(""), content);
         }
@@ -879,5 +891,29 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
         assert_eq!(std::fs::read(path).unwrap(), b"\x89PNG\r\n\x1a\n");
         assert!(!dir.path().join("x").exists());
+    }
+
+    #[test]
+    fn the_users_images_are_named_not_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Renderer::new(
+            Style::Plain,
+            Vec::new(),
+            Vec::new(),
+            dir.path().to_path_buf(),
+            80,
+        );
+        let mut image = Message::image("png", "iVBORw0KGgo=");
+        image.role = Role::User;
+        r.message(&image).unwrap();
+        image.format = Some("path".into());
+        image.content = "chart\x1b[2J.png".into();
+        r.message(&image).unwrap();
+        let (out, _) = r.into_parts();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "[image: attached]\n[image: chart\\x1b[2J.png]\n"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }
