@@ -1,7 +1,9 @@
 //! Files into and out of a sandbox's workspace, through Docker's archive API (tar).
 //!
 //! In: the host file or folder is packed into a temporary tar file (so memory stays
-//! bounded), its entries owned by the sandbox's user, and streamed to the container.
+//! bounded), its entries owned by the sandbox's user, and streamed to the container; it
+//! is read through folders opened without following links, so a folder the sandbox
+//! swaps for a link meanwhile cannot make oi read what the link points to.
 //! Out: the container's tar is streamed to a temporary file, then unpacked entry by
 //! entry through [`crate::core::hostfs`]: relative to folders opened without following
 //! links, files created exclusively, links made verbatim and then resolved as the
