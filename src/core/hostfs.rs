@@ -39,25 +39,25 @@ use rustix::io::Errno;
 pub enum HostFsError {
     /// A component of the path is a symbolic link: oi never writes through one. The
     /// caller reports it; nothing was written.
-    #[error("{} is a symbolic link (to {}): oi does not write through links; give the real folder instead", .path.display(), .target.display())]
+    #[error("{} is a symbolic link (to {}): oi does not write through links; give the real folder instead", shown(.path), shown(.target))]
     Link { path: PathBuf, target: PathBuf },
     /// A component that must be a folder is something else.
-    #[error("{} is not a folder", .path.display())]
+    #[error("{} is not a folder", shown(.path))]
     NotAFolder { path: PathBuf },
     /// What was to be read is not a regular file (a folder, a pipe, a device).
-    #[error("{} is not a regular file", .path.display())]
+    #[error("{} is not a regular file", shown(.path))]
     NotAFile { path: PathBuf },
     /// The last component is not a plain name (empty, `.`, `..`, or has a `/`).
-    #[error("`{}` does not name a file", .path.display())]
+    #[error("`{}` does not name a file", shown(.path))]
     BadName { path: PathBuf },
     /// Exclusive creation found the name taken (by anything: a file, a link, a folder).
-    #[error("{} exists already", .path.display())]
+    #[error("{} exists already", shown(.path))]
     Exists { path: PathBuf },
     /// Every numbered name tried was taken.
-    #[error("no free name for a new file in {}", .dir.display())]
+    #[error("no free name for a new file in {}", shown(.dir))]
     NoFreeName { dir: PathBuf },
     /// Any other failure of the system call, with what was being done.
-    #[error("{action} {}: {source}", .path.display())]
+    #[error("{action} {}: {source}", shown(.path))]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -465,6 +465,25 @@ fn resolve_beneath(_fd: &OwnedFd, _relative: &Path) -> LinkCheck {
     LinkCheck::Unknown
 }
 
+/// A path for a message, on one line whatever it holds: the sandbox picks names, so
+/// control characters (a line break that fakes another message, an escape sequence) are
+/// written as escapes (`\n`, `\x1b`, `\u{9b}`). Front ends neutralise the rest.
+pub fn shown(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{0}'..='\u{1f}' | '\u{7f}' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            '\u{80}'..='\u{9f}' => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// A single plain name: not empty, not `.` or `..`, no `/`, no NUL.
 fn check_name(name: &OsStr, shown: &Path) -> Result<()> {
     let bytes = name.as_bytes();
@@ -682,6 +701,21 @@ mod tests {
         assert_eq!(check("esc"), LinkCheck::Outside);
         assert_eq!(check("abs"), LinkCheck::Outside);
         assert_eq!(check("dangling"), LinkCheck::Dangling);
+    }
+
+    #[test]
+    fn paths_in_messages_stay_on_one_line() {
+        assert_eq!(
+            shown(Path::new("a\nb\x1b]0;t\x07\u{9b}c")),
+            "a\\nb\\x1b]0;t\\x07\\u{9b}c"
+        );
+        let err = HostFsError::Exists {
+            path: PathBuf::from("x\noi: image saved to ./fine.png"),
+        };
+        assert_eq!(
+            err.to_string(),
+            "x\\noi: image saved to ./fine.png exists already"
+        );
     }
 
     #[test]

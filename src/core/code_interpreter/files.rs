@@ -23,7 +23,7 @@ use bollard::Docker;
 use futures::StreamExt;
 
 use super::error::{Result, SandboxError};
-use crate::core::hostfs::{Dir, HostFsError, LinkCheck};
+use crate::core::hostfs::{self, Dir, HostFsError, LinkCheck};
 
 /// Where the workspace is inside the sandbox.
 pub const WORKSPACE: &str = "/workspace";
@@ -338,7 +338,7 @@ fn unpack_into<R: std::io::Read>(tar: R, root: &Dir, dest: &Path, made: &mut Mad
             .path()
             .map_err(io_error("reading the archive"))?
             .into_owned();
-        let shown = path.display().to_string();
+        let shown = hostfs::shown(&path);
         let kind = entry.header().entry_type();
         if kind == tar::EntryType::XGlobalHeader {
             continue;
@@ -358,7 +358,7 @@ fn unpack_into<R: std::io::Read>(tar: R, root: &Dir, dest: &Path, made: &mut Mad
             let (child, was_made) = dir.child(parent, true).map_err(|e| match e {
                 HostFsError::Link { .. } => refused(format!(
                     "refused `{shown}` from the sandbox: it would be written through the link {}",
-                    dest.join(&at).display()
+                    hostfs::shown(&dest.join(&at))
                 )),
                 other => refused(format!("refused `{shown}` from the sandbox: {other}")),
             })?;
@@ -372,7 +372,7 @@ fn unpack_into<R: std::io::Read>(tar: R, root: &Dir, dest: &Path, made: &mut Mad
         let exists = || {
             refused(format!(
                 "{} exists already: not overwritten (remove it or copy to another folder)",
-                target.display()
+                hostfs::shown(&target)
             ))
         };
         match kind {
@@ -380,7 +380,7 @@ fn unpack_into<R: std::io::Read>(tar: R, root: &Dir, dest: &Path, made: &mut Mad
                 let (_, was_made) = dir.child(&name, true).map_err(|e| match e {
                     HostFsError::Link { .. } => refused(format!(
                         "refused `{shown}` from the sandbox: it would be written through the link {}",
-                        target.display()
+                        hostfs::shown(&target)
                     )),
                     other => refused(format!("refused `{shown}` from the sandbox: {other}")),
                 })?;
@@ -430,8 +430,8 @@ fn unpack_into<R: std::io::Read>(tar: R, root: &Dir, dest: &Path, made: &mut Mad
         if outside {
             return Err(refused(format!(
                 "refused the link `{}` -> `{}` from the sandbox: it points outside the destination",
-                relative.display(),
-                link.display()
+                hostfs::shown(relative),
+                hostfs::shown(link)
             )));
         }
     }
