@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use oi::terminal_interface::cli::{Cli, Command};
+use oi::terminal_interface::sanitize::{visible, Kind};
 use oi::terminal_interface::{chat, exec, image_cmd, sandbox_cmd, trust, Failure};
 
 fn main() -> ExitCode {
@@ -42,7 +43,12 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let _ = std::io::stdout().flush();
-            eprintln!("oi: {:#}", failure.error);
+            // Errors carry text from outside (a model server's message, a sandbox's
+            // file names): shown, never obeyed by the terminal.
+            eprintln!(
+                "oi: {}",
+                visible(&format!("{:#}", failure.error), Kind::Prose)
+            );
             ExitCode::from(failure.code)
         }
     }

@@ -1,6 +1,10 @@
 //! `oi exec`: runs blocks in one fresh session and streams their output, as plain text
 //! (stdout to stdout, stderr to stderr) or as JSON lines. Ctrl-C interrupts the block;
 //! a second Ctrl-C leaves at once. The session's container is removed at the end.
+//!
+//! Output to a terminal is neutralised ([`sanitize`]); to a pipe or a file it is kept
+//! byte for byte. Images are saved through [`hostfs`]: never through a link, never over
+//! an existing file, in a format from a fixed list.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -9,10 +13,12 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use super::cli::ExecArgs;
+use super::sanitize::{self, visible, Colours, Kind};
 use super::setup;
 use super::signals::Quit;
 use super::Failure;
 use crate::core::code_interpreter::{Backend, ExecEvent, ExecRequest, ExecStatus, Session};
+use crate::core::hostfs;
 
 pub async fn run(args: ExecArgs) -> Result<u8, Failure> {
     let quit = Quit::listen()?;
@@ -40,7 +46,7 @@ pub async fn run(args: ExecArgs) -> Result<u8, Failure> {
 
     // On every run, whatever set it (a flag, the user's config, a trusted project file).
     if config.backend == Backend::Host {
-        eprintln!("oi: WARNING: --unsafe: code runs directly on this machine with your permissions, NOT in a sandbox");
+        eprintln!("oi: WARNING: unsafe mode: code runs directly on this machine with your permissions, NOT in a sandbox");
     }
     let engine = setup::engine(config, args.json).await?;
     let mut session = engine.open().await?;
@@ -83,7 +89,7 @@ async fn watch_ctrl_c(cancel: CancellationToken) {
 
 fn describe(session: &Session) {
     if !session.is_sandboxed() {
-        eprintln!("oi: sandbox: none (--unsafe)");
+        eprintln!("oi: sandbox: none (unsafe mode)");
         return;
     }
     eprintln!(
@@ -114,13 +120,20 @@ async fn run_blocks(
 ) -> Result<u8, Failure> {
     let mut out = std::io::stdout().lock();
     let mut images = 0usize;
+    // On a terminal, output is shown, not obeyed; a pipe or a file gets the bytes.
+    let mut stdout_filter = std::io::stdout()
+        .is_terminal()
+        .then(|| sanitize::Output::new(Colours::Keep, true));
+    let mut stderr_filter = std::io::stderr()
+        .is_terminal()
+        .then(|| sanitize::Output::new(Colours::Keep, true));
     for (index, code) in blocks.iter().enumerate() {
         let request = ExecRequest::new(&args.language, code.as_str());
         let mut execution = session.execute(request, cancel).await?;
         while let Some(event) = execution.next_event().await {
             if args.json {
                 let line = serde_json::json!({ "block": index, "event": event_json(&event) });
-                writeln!(out, "{line}")?;
+                writeln!(out, "{}", sanitize::json_line(&line))?;
                 out.flush()?;
                 if let ExecEvent::Done(outcome) = &event {
                     if outcome.status != ExecStatus::Ok {
@@ -131,24 +144,53 @@ async fn run_blocks(
             }
             match event {
                 ExecEvent::Stdout { text } => {
-                    out.write_all(text.as_bytes())?;
+                    match &mut stdout_filter {
+                        Some(filter) => out.write_all(filter.feed(&text).as_bytes())?,
+                        None => out.write_all(text.as_bytes())?,
+                    }
                     out.flush()?;
                 }
                 ExecEvent::Stderr { text } => {
                     let mut err = std::io::stderr().lock();
-                    err.write_all(text.as_bytes())?;
+                    match &mut stderr_filter {
+                        Some(filter) => err.write_all(filter.feed(&text).as_bytes())?,
+                        None => err.write_all(text.as_bytes())?,
+                    }
                     err.flush()?;
                 }
                 ExecEvent::Image { format, data } => {
                     images += 1;
-                    let path = save_image(&args.image_dir, index, images, &format, &data)?;
-                    eprintln!("oi: image saved to {}", path.display());
+                    // A figure that cannot be saved is reported; the block goes on.
+                    match save_image(&args.image_dir, index, images, &format, &data) {
+                        Ok(Some(path)) => eprintln!(
+                            "oi: image saved to {}",
+                            visible(&path.display().to_string(), Kind::Name)
+                        ),
+                        Ok(None) => eprintln!(
+                            "oi: an image in a format oi does not save (`{}`) was not saved",
+                            visible(&format, Kind::Name)
+                        ),
+                        Err(err) => eprintln!(
+                            "oi: the image was not saved: {}",
+                            visible(&format!("{err:#}"), Kind::Prose)
+                        ),
+                    }
                 }
-                ExecEvent::Notice { message } => eprintln!("oi: {message}"),
+                ExecEvent::Notice { message } => {
+                    eprintln!("oi: {}", visible(&message, Kind::Prose))
+                }
                 ExecEvent::ActiveLine { .. } => {}
                 ExecEvent::Done(outcome) => {
+                    // An escape sequence cut off at the end is shown, not held.
+                    if let Some(filter) = &mut stdout_filter {
+                        out.write_all(filter.finish().as_bytes())?;
+                        out.flush()?;
+                    }
+                    if let Some(filter) = &mut stderr_filter {
+                        std::io::stderr().write_all(filter.finish().as_bytes())?;
+                    }
                     if let Some(message) = &outcome.message {
-                        eprintln!("oi: {message}");
+                        eprintln!("oi: {}", visible(message, Kind::Prose));
                     }
                     if outcome.status != ExecStatus::Ok {
                         if blocks.len() > 1 && index + 1 < blocks.len() {
@@ -187,21 +229,34 @@ fn event_json(event: &ExecEvent) -> serde_json::Value {
     }
 }
 
+/// Saves an image as `oi-<stamp>-<block>-<n>.<ext>` in `dir` (made if missing), or
+/// with `-2`, `-3`… added if that name is taken; the folder is opened without following
+/// links and the file created exclusively, so nothing planted in the workspace can
+/// redirect the write. `None`: the format is not one oi saves.
 fn save_image(
     dir: &Path,
     block: usize,
     n: usize,
     format: &str,
     data: &[u8],
-) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+) -> anyhow::Result<Option<PathBuf>> {
+    let Some(ext) = hostfs::image_extension(format) else {
+        return Ok(None);
+    };
+    let folder = hostfs::Dir::create_all(dir).context("saving an image")?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let ext = if format.is_empty() { "png" } else { format };
-    let path = dir.join(format!("oi-{stamp}-{}-{n}.{ext}", block + 1));
-    std::fs::write(&path, data)
+    let base = format!("oi-{stamp}-{}-{n}", block + 1);
+    let (mut file, name) = folder
+        .create_numbered(|k| match k {
+            1 => format!("{base}.{ext}"),
+            k => format!("{base}-{k}.{ext}"),
+        })
+        .context("saving an image")?;
+    let path = folder.path().join(name);
+    file.write_all(data)
         .with_context(|| format!("saving an image to {}", path.display()))?;
-    Ok(path)
+    Ok(Some(path))
 }

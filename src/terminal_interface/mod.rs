@@ -9,6 +9,7 @@ pub mod exec;
 pub mod image_cmd;
 pub mod progress;
 pub mod sandbox_cmd;
+pub mod sanitize;
 pub mod setup;
 pub mod signals;
 pub mod trust;

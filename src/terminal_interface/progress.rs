@@ -82,8 +82,11 @@ impl Drop for BuildDisplay {
     }
 }
 
+/// A build line cut to `max` characters. The lines come from the build's own output
+/// (a project's Dockerfile is not trusted), so they are neutralised too.
 fn shorten(text: &str, max: usize) -> String {
-    let text = text.trim();
+    let text = super::sanitize::visible(text.trim(), super::sanitize::Kind::Name);
+    let text = text.as_ref();
     if text.chars().count() <= max {
         return text.to_string();
     }

@@ -1,9 +1,12 @@
-//! `oi sandbox`: list and remove oi's containers, and show effective settings.
+//! `oi sandbox`: list and remove oi's containers, copy files in and out, and show
+//! effective settings. Names that come from a sandbox or from Docker (copied file
+//! names, labels) are neutralised before they are printed ([`visible`]).
 
 use std::io::Write;
 
 use super::cli::SandboxCommand;
 use super::image_cmd::{age, now};
+use super::sanitize::{visible, Kind};
 use super::Failure;
 use crate::core::code_interpreter::{Backend, Engine, OwnerState, SandboxConfig};
 
@@ -59,12 +62,12 @@ pub async fn run(command: SandboxCommand) -> Result<u8, Failure> {
                 writeln!(
                     out,
                     "{:<14} {:<16} {:<9} {:>6}  {:<10} {}",
-                    c.id.get(..12).unwrap_or(&c.id),
-                    c.session,
-                    c.state,
+                    visible(c.id.get(..12).unwrap_or(&c.id), Kind::Name),
+                    visible(&c.session, Kind::Name),
+                    visible(&c.state, Kind::Name),
                     age(now - c.created),
                     owner,
-                    c.image
+                    visible(&c.image, Kind::Name)
                 )?;
             }
             Ok(0)
@@ -89,14 +92,20 @@ pub async fn run(command: SandboxCommand) -> Result<u8, Failure> {
                     let bytes = engine
                         .copy_in(&container, std::path::Path::new(&source), &path)
                         .await?;
-                    println!("copied {source} into {container}:{path} ({bytes} bytes packed)");
+                    println!(
+                        "copied {} into {}:{} ({bytes} bytes packed)",
+                        visible(&source, Kind::Name),
+                        visible(&container, Kind::Name),
+                        visible(&path, Kind::Name)
+                    );
                 }
                 (Some((container, path)), None) => {
                     let written = engine
                         .copy_out(&container, &path, std::path::Path::new(&dest))
                         .await?;
+                    // The names were chosen in the sandbox.
                     for file in written {
-                        println!("{}", file.display());
+                        println!("{}", visible(&file.display().to_string(), Kind::Name));
                     }
                 }
                 _ => {
@@ -119,14 +128,20 @@ pub async fn run(command: SandboxCommand) -> Result<u8, Failure> {
                 match matches.as_slice() {
                     [one] => {
                         engine.remove(&one.id).await?;
-                        println!("{}", one.name);
+                        println!("{}", visible(&one.name, Kind::Name));
                     }
                     [] => {
-                        eprintln!("oi: no oi container matches `{id}` (see `oi sandbox ls`)");
+                        eprintln!(
+                            "oi: no oi container matches `{}` (see `oi sandbox ls`)",
+                            visible(&id, Kind::Name)
+                        );
                         failed += 1;
                     }
                     _ => {
-                        eprintln!("oi: `{id}` matches several containers; give more of the id");
+                        eprintln!(
+                            "oi: `{}` matches several containers; give more of the id",
+                            visible(&id, Kind::Name)
+                        );
                         failed += 1;
                     }
                 }
@@ -145,7 +160,7 @@ pub async fn run(command: SandboxCommand) -> Result<u8, Failure> {
                 engine.sweep().await?
             };
             for c in &removed {
-                println!("{}", c.name);
+                println!("{}", visible(&c.name, Kind::Name));
             }
             eprintln!("oi: removed {} container(s)", removed.len());
             Ok(0)

@@ -333,7 +333,10 @@ fn number(value: &toml::Value) -> Option<f64> {
 pub fn run(file: Option<PathBuf>, revoke: bool, list: bool) -> Result<u8, super::Failure> {
     let paths = super::config::Paths::from_env();
     let text = command(&paths.config_file, file, revoke, list).map_err(super::Failure::usage)?;
-    println!("{text}");
+    println!(
+        "{}",
+        super::sanitize::visible(&text, super::sanitize::Kind::Prose)
+    );
     Ok(0)
 }
 

@@ -178,7 +178,7 @@ fn unsafe_mode_runs_on_the_host_and_says_so_loudly() {
         dir.path().canonicalize().unwrap().display().to_string()
     );
     assert!(
-        stderr.contains("WARNING: --unsafe") && stderr.contains("NOT in a sandbox"),
+        stderr.contains("WARNING: unsafe mode") && stderr.contains("NOT in a sandbox"),
         "{stderr}"
     );
 }

@@ -1,21 +1,29 @@
 //! Files into and out of a sandbox's workspace, through Docker's archive API (tar).
 //!
 //! In: the host file or folder is packed into a temporary tar file (so memory stays
-//! bounded), its entries owned by the sandbox's user, and streamed to the container.
+//! bounded), its entries owned by the sandbox's user, and streamed to the container; it
+//! is read through folders opened without following links, so a folder the sandbox
+//! swaps for a link meanwhile cannot make oi read what the link points to.
 //! Out: the container's tar is streamed to a temporary file, then unpacked entry by
-//! entry, refusing what could escape the destination: absolute paths, `..`, links that
-//! point outside, hard links, devices. Paths on the sandbox side must stay inside
-//! `/workspace`. Knows Docker and tar, not sessions.
+//! entry through [`crate::core::hostfs`]: relative to folders opened without following
+//! links, files created exclusively, links made verbatim and then resolved as the
+//! filesystem would; what could land outside the destination is refused and the copy
+//! taken back (absolute paths, `..`, links leading out, hard links, devices). Paths on
+//! the sandbox side must stay inside `/workspace`. Knows Docker and tar, not sessions;
+//! how host files are created safely is `hostfs`'s business.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use bollard::query_parameters::{DownloadFromContainerOptions, UploadToContainerOptions};
 use bollard::Docker;
 use futures::StreamExt;
 
 use super::error::{Result, SandboxError};
+use crate::core::hostfs::{self, Dir, HostFsError, LinkCheck};
 
 /// Where the workspace is inside the sandbox.
 pub const WORKSPACE: &str = "/workspace";
@@ -125,42 +133,106 @@ fn parse_user(user: &str) -> (u64, u64) {
     (uid, parts.next().unwrap_or(uid))
 }
 
+/// One thing to pack: a name in an open folder, or an open folder itself.
+enum Item {
+    Named(Rc<Dir>, OsString, PathBuf),
+    Folder(Rc<Dir>, PathBuf),
+}
+
 /// Packs `source` into a temporary tar file whose entries are owned by uid:gid.
+///
+/// The source is read through folders opened without following links
+/// ([`hostfs::Dir`]): the user names it, but it may lie in the workspace, where the
+/// sandbox can swap a folder for a link to what it should not see while oi reads. A
+/// link inside the source is packed as a link; a link on the way to it is refused.
 fn pack(source: &Path, name: &str, uid: u64, gid: u64) -> Result<File> {
     let mut builder =
         tar::Builder::new(tempfile::tempfile().map_err(io_error("a temporary file"))?);
     builder.follow_symlinks(false);
-    let mut stack = vec![(source.to_path_buf(), PathBuf::from(name))];
-    while let Some((path, in_tar)) = stack.pop() {
-        let meta = std::fs::symlink_metadata(&path).map_err(io_error("reading a file to copy"))?;
+    let open = |path: &Path| Dir::open(path).map_err(|e| refused(format!("cannot read {e}")));
+    let first = match source.components().next_back() {
+        Some(Component::Normal(base)) => {
+            let parent = source
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            Item::Named(
+                Rc::new(open(parent)?),
+                base.to_os_string(),
+                PathBuf::from(name),
+            )
+        }
+        _ => Item::Folder(Rc::new(open(source)?), PathBuf::from(name)),
+    };
+    let header = |kind: tar::EntryType, mode: u32, mtime: i64| {
         let mut header = tar::Header::new_gnu();
-        header.set_metadata(&meta);
+        header.set_entry_type(kind);
+        header.set_mode(mode & 0o7777);
+        header.set_mtime(u64::try_from(mtime).unwrap_or(0));
         header.set_uid(uid);
         header.set_gid(gid);
-        if meta.is_dir() {
-            header.set_size(0);
-            builder
-                .append_data(&mut header, &in_tar, std::io::empty())
-                .map_err(io_error("packing"))?;
-            let mut entries: Vec<_> = std::fs::read_dir(&path)
-                .map_err(io_error("listing a folder to copy"))?
-                .filter_map(|e| e.ok())
-                .collect();
-            entries.sort_by_key(|e| std::cmp::Reverse(e.file_name()));
-            for entry in entries {
-                stack.push((entry.path(), in_tar.join(entry.file_name())));
+        header.set_size(0);
+        header
+    };
+    let mut stack = vec![first];
+    while let Some(item) = stack.pop() {
+        let (folder, in_tar) = match item {
+            Item::Folder(folder, in_tar) => {
+                let stat = folder.metadata().map_err(|e| refused(e.to_string()))?;
+                let mut h = header(tar::EntryType::Directory, stat.st_mode, stat.st_mtime);
+                builder
+                    .append_data(&mut h, &in_tar, std::io::empty())
+                    .map_err(io_error("packing"))?;
+                (folder, in_tar)
             }
-        } else if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&path).map_err(io_error("reading a link"))?;
-            header.set_size(0);
-            builder
-                .append_link(&mut header, &in_tar, &target)
-                .map_err(io_error("packing"))?;
-        } else if meta.is_file() {
-            let file = File::open(&path).map_err(io_error("opening a file to copy"))?;
-            builder
-                .append_data(&mut header, &in_tar, file)
-                .map_err(io_error("packing"))?;
+            Item::Named(parent, base, in_tar) => {
+                let stat = parent.stat(&base).map_err(|e| refused(e.to_string()))?;
+                let (mode, mtime) = (stat.st_mode, stat.st_mtime);
+                match rustix::fs::FileType::from_raw_mode(stat.st_mode) {
+                    rustix::fs::FileType::Directory => {
+                        let (folder, _) = parent
+                            .child(&base, false)
+                            .map_err(|e| refused(format!("cannot read {e}")))?;
+                        let mut h = header(tar::EntryType::Directory, mode, mtime);
+                        builder
+                            .append_data(&mut h, &in_tar, std::io::empty())
+                            .map_err(io_error("packing"))?;
+                        (Rc::new(folder), in_tar)
+                    }
+                    rustix::fs::FileType::Symlink => {
+                        let target = parent.link_target(&base).unwrap_or_default();
+                        let mut h = header(tar::EntryType::Symlink, mode, mtime);
+                        builder
+                            .append_link(&mut h, &in_tar, &target)
+                            .map_err(io_error("packing"))?;
+                        continue;
+                    }
+                    rustix::fs::FileType::RegularFile => {
+                        // Opened without following a link swapped in since the look.
+                        let file = parent
+                            .open_file(&base)
+                            .map_err(|e| refused(format!("cannot read {e}")))?;
+                        let meta = file
+                            .metadata()
+                            .map_err(io_error("reading a file to copy"))?;
+                        let mut h = tar::Header::new_gnu();
+                        h.set_metadata(&meta);
+                        h.set_uid(uid);
+                        h.set_gid(gid);
+                        builder
+                            .append_data(&mut h, &in_tar, file)
+                            .map_err(io_error("packing"))?;
+                        continue;
+                    }
+                    // Pipes, sockets, devices: not copied.
+                    _ => continue,
+                }
+            }
+        };
+        let names = folder.names().map_err(|e| refused(e.to_string()))?;
+        for base in names.into_iter().rev() {
+            let in_tar = in_tar.join(&base);
+            stack.push(Item::Named(folder.clone(), base, in_tar));
         }
     }
     let mut file = builder.into_inner().map_err(io_error("packing"))?;
@@ -204,142 +276,181 @@ pub async fn download(
         .map_err(|e| refused(format!("unpacking failed: {e}")))?
 }
 
-/// Unpacks a tar from a sandbox into `dest`, refusing every entry that could write
-/// outside it. Every entry is checked before anything is written, so a refused archive
-/// leaves nothing behind.
-pub fn unpack<R: std::io::Read + Seek>(mut tar: R, dest: &Path) -> Result<Vec<PathBuf>> {
-    let plan = {
-        let mut archive = tar::Archive::new(&mut tar);
-        let mut plan = Vec::new();
-        let mut links: Vec<PathBuf> = Vec::new();
-        for entry in archive.entries().map_err(io_error("reading the archive"))? {
-            let entry = entry.map_err(io_error("reading the archive"))?;
-            let path = entry
-                .path()
-                .map_err(io_error("reading the archive"))?
-                .into_owned();
-            let shown = path.display().to_string();
-            if path.is_absolute() || escapes(&path) {
-                return Err(refused(format!(
-                    "refused `{shown}` from the sandbox: it points outside the destination"
-                )));
+/// Unpacks a tar from a sandbox into `dest`; nothing lands outside it, whatever links,
+/// chains of links or entry order the archive holds, and whatever the sandbox changes
+/// in `dest` meanwhile (a mounted workspace is writable from inside while oi writes).
+///
+/// Every entry is written relative to folder descriptors opened without following
+/// links ([`hostfs::Dir`]), so no link is ever traversed: not one from the archive, not
+/// one already there, not one swapped in during the copy. Files are created exclusively
+/// (nothing is overwritten) with permission bits only; links are made verbatim, then
+/// each is resolved as the filesystem would from `dest` (`openat2` with
+/// `RESOLVE_BENEATH`): one that leads outside is refused, and so is a dangling one whose
+/// text climbs (`..`) or is absolute. On any refusal, what this copy made is removed
+/// again, so a refused archive leaves nothing behind. Returns the files and links made.
+pub fn unpack<R: std::io::Read>(tar: R, dest: &Path) -> Result<Vec<PathBuf>> {
+    let (root, made_dest) = Dir::create_all_made(dest).map_err(|e| refused(format!("{e}")))?;
+    let mut made = Made::default();
+    let result = unpack_into(tar, &root, dest, &mut made);
+    match result {
+        Ok(()) => Ok(made.written),
+        Err(err) => {
+            made.undo(&root);
+            // The destination's own folders too, if this copy made them.
+            for (parent, name) in made_dest.iter().rev() {
+                let _ = parent.remove(name, true);
             }
-            // Nothing may be written through a link the archive itself makes.
-            if links.iter().any(|l| path.starts_with(l) && path != *l) {
-                return Err(refused(format!(
-                    "refused `{shown}` from the sandbox: it would be written through a link"
-                )));
-            }
-            let target = dest.join(&path);
-            let kind = entry.header().entry_type();
-            let link = match kind {
-                tar::EntryType::Directory => None,
-                tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Symlink => {
-                    if target.symlink_metadata().is_ok() {
-                        return Err(refused(format!(
-                            "{} exists already: not overwritten (remove it or copy to another folder)",
-                            target.display()
-                        )));
-                    }
-                    check_parents(dest, &path)?;
-                    if kind == tar::EntryType::Symlink {
-                        let link = entry
-                            .link_name()
-                            .map_err(io_error("reading the archive"))?
-                            .map(|l| l.into_owned())
-                            .unwrap_or_default();
-                        let base = path.parent().unwrap_or(Path::new(""));
-                        if link.is_absolute() || escapes(&base.join(&link)) {
-                            return Err(refused(format!(
-                                "refused the link `{shown}` -> `{}` from the sandbox: it points outside the destination",
-                                link.display()
-                            )));
-                        }
-                        links.push(path.clone());
-                        Some(link)
-                    } else {
-                        None
-                    }
-                }
-                other => {
-                    return Err(refused(format!(
-                        "refused `{shown}` from the sandbox: a {other:?} entry is not copied out"
-                    )))
-                }
+            Err(err)
+        }
+    }
+}
+
+/// What one copy made, to report it or to take it back.
+#[derive(Default)]
+struct Made {
+    /// Everything made, in order (relative to the destination) and whether a folder.
+    all: Vec<(PathBuf, bool)>,
+    /// Files and links, as `dest/relative`.
+    written: Vec<PathBuf>,
+    /// Links made: relative path and their text.
+    links: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Made {
+    /// Removes what was made, deepest and latest first, never through a link.
+    fn undo(&self, root: &Dir) {
+        for (path, folder) in self.all.iter().rev() {
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+                continue;
             };
-            plan.push((path, kind, link));
+            if let Ok(dir) = root.descend(parent) {
+                let _ = dir.remove(name, *folder);
+            }
         }
-        plan
-    };
-    tar.seek(SeekFrom::Start(0))
-        .map_err(io_error("rereading the archive"))?;
-    std::fs::create_dir_all(dest).map_err(io_error("creating the destination"))?;
+    }
+}
+
+fn unpack_into<R: std::io::Read>(tar: R, root: &Dir, dest: &Path, made: &mut Made) -> Result<()> {
     let mut archive = tar::Archive::new(tar);
-    let mut written = Vec::new();
-    for (entry, (path, kind, link)) in archive
-        .entries()
-        .map_err(io_error("reading the archive"))?
-        .zip(plan)
-    {
+    for entry in archive.entries().map_err(io_error("reading the archive"))? {
         let mut entry = entry.map_err(io_error("reading the archive"))?;
-        let target = dest.join(&path);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(io_error("creating a folder"))?;
+        let path = entry
+            .path()
+            .map_err(io_error("reading the archive"))?
+            .into_owned();
+        let shown = hostfs::shown(&path);
+        let kind = entry.header().entry_type();
+        if kind == tar::EntryType::XGlobalHeader {
+            continue;
         }
-        match (kind, link) {
-            (tar::EntryType::Directory, _) => {
-                std::fs::create_dir_all(&target).map_err(io_error("creating a folder"))?;
+        let Some((parents, name)) = plain_parts(&path) else {
+            return Err(refused(format!(
+                "refused `{shown}` from the sandbox: it points outside the destination"
+            )));
+        };
+        // Folders on the way, opened (or made) one by one, never through a link.
+        let mut dir = root
+            .descend(Path::new(""))
+            .map_err(|e| refused(e.to_string()))?;
+        let mut at = PathBuf::new();
+        for parent in &parents {
+            at.push(parent);
+            let (child, was_made) = dir.child(parent, true).map_err(|e| match e {
+                HostFsError::Link { .. } => refused(format!(
+                    "refused `{shown}` from the sandbox: it would be written through the link {}",
+                    hostfs::shown(&dest.join(&at))
+                )),
+                other => refused(format!("refused `{shown}` from the sandbox: {other}")),
+            })?;
+            if was_made {
+                made.all.push((at.clone(), true));
             }
-            (_, Some(link)) => {
-                std::os::unix::fs::symlink(&link, &target).map_err(io_error("making a link"))?;
-                written.push(target);
+            dir = child;
+        }
+        let relative = at.join(&name);
+        let target = dest.join(&relative);
+        let exists = || {
+            refused(format!(
+                "{} exists already: not overwritten (remove it or copy to another folder)",
+                hostfs::shown(&target)
+            ))
+        };
+        match kind {
+            tar::EntryType::Directory => {
+                let (_, was_made) = dir.child(&name, true).map_err(|e| match e {
+                    HostFsError::Link { .. } => refused(format!(
+                        "refused `{shown}` from the sandbox: it would be written through the link {}",
+                        hostfs::shown(&target)
+                    )),
+                    other => refused(format!("refused `{shown}` from the sandbox: {other}")),
+                })?;
+                if was_made {
+                    made.all.push((relative, true));
+                }
             }
-            _ => {
-                let mut file = File::create(&target).map_err(io_error("writing a file"))?;
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mode = entry.header().mode().unwrap_or(0o644);
+                let mut file = dir.create_new(&name, mode).map_err(|e| match e {
+                    HostFsError::Exists { .. } => exists(),
+                    other => refused(other.to_string()),
+                })?;
+                made.all.push((relative, false));
+                made.written.push(target);
                 std::io::copy(&mut entry, &mut file).map_err(io_error("writing a file"))?;
-                written.push(target);
             }
-        }
-    }
-    Ok(written)
-}
-
-/// Whether a relative path climbs above its start.
-fn escapes(path: &Path) -> bool {
-    let mut depth: i64 = 0;
-    for component in path.components() {
-        match component {
-            Component::ParentDir => depth -= 1,
-            Component::Normal(_) => depth += 1,
-            Component::RootDir | Component::Prefix(_) => return true,
-            Component::CurDir => {}
-        }
-        if depth < 0 {
-            return true;
-        }
-    }
-    false
-}
-
-/// Refuses a write through a link unpacked earlier (`a -> ..`, then `a/x`).
-fn check_parents(dest: &Path, path: &Path) -> Result<()> {
-    let mut at = dest.to_path_buf();
-    if let Some(parent) = path.parent() {
-        for component in parent.components() {
-            at.push(component);
-            if at
-                .symlink_metadata()
-                .is_ok_and(|m| m.file_type().is_symlink())
-            {
+            tar::EntryType::Symlink => {
+                let link = entry
+                    .link_name()
+                    .map_err(io_error("reading the archive"))?
+                    .map(|l| l.into_owned())
+                    .unwrap_or_default();
+                dir.symlink(&link, &name).map_err(|e| match e {
+                    HostFsError::Exists { .. } => exists(),
+                    other => refused(other.to_string()),
+                })?;
+                made.all.push((relative.clone(), false));
+                made.written.push(target);
+                made.links.push((relative, link));
+            }
+            other => {
                 return Err(refused(format!(
-                    "refused `{}` from the sandbox: it would be written through the link {}",
-                    path.display(),
-                    at.display()
-                )));
+                    "refused `{shown}` from the sandbox: a {other:?} entry is not copied out"
+                )))
             }
+        }
+    }
+    // Links are judged once everything is there: a link may lead through later entries.
+    for (relative, link) in &made.links {
+        let climbs = link.is_absolute() || link.components().any(|c| c == Component::ParentDir);
+        let outside = match root.link_target_inside(relative) {
+            LinkCheck::Inside => false,
+            LinkCheck::Outside => true,
+            LinkCheck::Dangling | LinkCheck::Unknown => climbs,
+        };
+        if outside {
+            return Err(refused(format!(
+                "refused the link `{}` -> `{}` from the sandbox: it points outside the destination",
+                hostfs::shown(relative),
+                hostfs::shown(link)
+            )));
         }
     }
     Ok(())
+}
+
+/// The folders and the name of an archive path, if it is made of plain names only
+/// (`.` is skipped; `..`, `/` and an empty path are not plain).
+fn plain_parts(path: &Path) -> Option<(Vec<OsString>, OsString)> {
+    let mut parts = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(name) => parts.push(name.to_os_string()),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    let name = parts.pop()?;
+    Some((parts, name))
 }
 
 #[cfg(test)]
@@ -384,6 +495,128 @@ mod tests {
         b.append(&h, std::io::empty()).unwrap();
     }
 
+    fn dir(b: &mut tar::Builder<Vec<u8>>, path: &str) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o755);
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_path(path).unwrap();
+        h.set_cksum();
+        b.append(&h, std::io::empty()).unwrap();
+    }
+
+    /// Everything below `root`, as sorted relative paths.
+    fn tree(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(at) = stack.pop() {
+            for entry in std::fs::read_dir(&at).unwrap() {
+                let path = entry.unwrap().path();
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+                if path.symlink_metadata().unwrap().is_dir() {
+                    stack.push(path);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The chain, in every order: `up` is inside (it resolves to the
+    /// destination), `esc` climbs four levels above it.
+    #[test]
+    fn link_chains_are_resolved_as_the_filesystem_would() {
+        let entry = |b: &mut tar::Builder<Vec<u8>>, i: usize| match i {
+            0 => dir(b, "a/b/c/d/"),
+            1 => link(b, "a/b/c/d/up", "../../../.."),
+            _ => link(b, "esc", "a/b/c/d/up/../../../.."),
+        };
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1]] {
+            let tar = archive(|b| order.iter().for_each(|&i| entry(b, i)));
+            let top = tempfile::tempdir().unwrap();
+            let dest = top.path().join("x/y/z/w/dest");
+            let err = unpack(std::io::Cursor::new(tar), &dest)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("refused the link `esc` -> `a/b/c/d/up/../../../..`"),
+                "{order:?}: {err}"
+            );
+            assert!(!top.path().join("x").exists(), "{order:?}: taken back");
+        }
+        // Without `esc` the chain stays inside and is copied as it is.
+        let tar = archive(|b| {
+            dir(b, "a/b/c/d/");
+            link(b, "a/b/c/d/up", "../../../..");
+            link(b, "top", "a/b/c/d/up/a");
+        });
+        let dest = tempfile::tempdir().unwrap();
+        let written = unpack(std::io::Cursor::new(tar), dest.path()).unwrap();
+        assert_eq!(written.len(), 2);
+        assert_eq!(
+            std::fs::read_link(dest.path().join("top")).unwrap(),
+            Path::new("a/b/c/d/up/a")
+        );
+    }
+
+    /// A second copy into a destination holding links (from an earlier copy, or put
+    /// there by the sandbox in a mounted workspace) never writes through them.
+    #[test]
+    fn a_later_copy_never_writes_through_a_link_already_there() {
+        let top = tempfile::tempdir().unwrap();
+        let outside = top.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let dest = top.path().join("dest");
+        std::fs::create_dir_all(dest.join("a/b/c/d")).unwrap();
+        std::os::unix::fs::symlink("../../../..", dest.join("a/b/c/d/up")).unwrap();
+        std::os::unix::fs::symlink("a/b/c/d/up/..", dest.join("esc")).unwrap();
+        std::os::unix::fs::symlink(&outside, dest.join("abs")).unwrap();
+        for via in ["esc", "abs", "a/b/c/d/up"] {
+            for tar in [
+                archive(|b| dir(b, &format!("{via}/pwned/"))),
+                archive(|b| file(b, &format!("{via}/pwned.txt"), b"x")),
+                archive(|b| link(b, &format!("{via}/pwned"), "/etc")),
+            ] {
+                let err = unpack(std::io::Cursor::new(tar), &dest)
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains("would be written through the link"), "{err}");
+            }
+        }
+        assert_eq!(tree(&outside), Vec::<String>::new());
+        assert_eq!(tree(top.path()).len(), 9, "{:?}", tree(top.path()));
+        // The destination itself may not be reached through a link either.
+        let err = unpack(
+            std::io::Cursor::new(archive(|b| file(b, "f", b"x"))),
+            &dest.join("abs/inner"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("is a symbolic link"), "{err}");
+        assert_eq!(tree(&outside), Vec::<String>::new());
+    }
+
+    #[test]
+    fn files_keep_permission_bits_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let tar = archive(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(1);
+            h.set_mode(0o6755);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_path("tool").unwrap();
+            h.set_cksum();
+            b.append(&h, &b"x"[..]).unwrap();
+        });
+        let dest = tempfile::tempdir().unwrap();
+        unpack(std::io::Cursor::new(tar), dest.path()).unwrap();
+        let mode = std::fs::metadata(dest.path().join("tool"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7000, 0, "{mode:o}");
+    }
+
     #[test]
     fn archives_that_escape_are_refused() {
         let dest = tempfile::tempdir().unwrap();
@@ -424,5 +657,78 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(again.contains("exists already"), "{again}");
+    }
+
+    fn names_in(mut tar: File) -> Vec<String> {
+        let mut names = Vec::new();
+        tar.seek(SeekFrom::Start(0)).unwrap();
+        for entry in tar::Archive::new(tar).entries().unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.header().entry_type();
+            names.push(format!("{} {kind:?}", entry.path().unwrap().display()));
+        }
+        names
+    }
+
+    #[test]
+    fn uploads_pack_links_as_links_and_refuse_links_on_the_way() {
+        let top = tempfile::tempdir().unwrap();
+        let src = top.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("sub/a.txt"), "a").unwrap();
+        std::os::unix::fs::symlink("/etc", src.join("etc")).unwrap();
+        let tar = pack(&src, "src", 1000, 1000).unwrap();
+        assert_eq!(
+            names_in(tar),
+            [
+                "src Directory",
+                "src/etc Symlink",
+                "src/sub Directory",
+                "src/sub/a.txt Regular"
+            ]
+        );
+        std::os::unix::fs::symlink(&src, top.path().join("via")).unwrap();
+        let err = pack(&top.path().join("via/sub"), "sub", 1000, 1000)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a symbolic link"), "{err}");
+    }
+
+    /// The sandbox swaps a folder it can write for a link to a secret while oi packs
+    /// an upload: the secret is never read.
+    #[test]
+    fn uploads_never_read_through_a_folder_swapped_for_a_link() {
+        let top = tempfile::tempdir().unwrap();
+        let secret = top.path().join("secret");
+        std::fs::create_dir(&secret).unwrap();
+        std::fs::write(secret.join("key.pem"), "SECRET").unwrap();
+        let src = top.path().join("work");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("sub/ok.txt"), "ok").unwrap();
+        std::os::unix::fs::symlink(&secret, src.join("sub-swap")).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (a, b, stop) = (src.join("sub"), src.join("sub-swap"), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    rustix::fs::renameat_with(
+                        rustix::fs::CWD,
+                        &a,
+                        rustix::fs::CWD,
+                        &b,
+                        rustix::fs::RenameFlags::EXCHANGE,
+                    )
+                    .unwrap();
+                }
+            })
+        };
+        for _ in 0..300 {
+            if let Ok(tar) = pack(&src, "work", 1000, 1000) {
+                let names = names_in(tar);
+                assert!(!names.iter().any(|n| n.contains("key.pem")), "{names:?}");
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
     }
 }

@@ -1,4 +1,8 @@
 //! Magic commands: lines starting with `%` that talk to oi rather than to the model.
+//!
+//! Files they write in the current folder (which the sandbox can write too) go through
+//! [`hostfs`]: a saved conversation or notebook replaces its name without following a
+//! link planted there. Names shown are neutralised ([`visible`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -7,8 +11,10 @@ use anyhow::{bail, Context};
 use serde_json::json;
 
 use super::Chat;
+use crate::core::hostfs;
 use crate::core::messages::{parse_conversation, Message, MessageType, Role};
 use crate::core::respond::Request;
+use crate::terminal_interface::sanitize::{visible, Kind};
 
 const HELP: &str = "\
 Magic commands:
@@ -168,18 +174,19 @@ pub async fn run(chat: &mut Chat, line: &str) -> anyhow::Result<()> {
         "save_message" => {
             let path = PathBuf::from(arg.unwrap_or("messages.json"));
             let messages = chat.conversation.messages().await;
-            std::fs::write(&path, serde_json::to_string_pretty(&messages)?)
-                .with_context(|| format!("writing {}", path.display()))?;
+            hostfs::save(&path, serde_json::to_string_pretty(&messages)?.as_bytes())
+                .with_context(|| format!("saving {}", path.display()))?;
             writeln!(
                 out,
                 "Saved {} messages to {}.",
                 messages.len(),
-                path.display()
+                shown(&path)
             )?;
         }
         "load_message" => {
             let path = PathBuf::from(arg.unwrap_or("messages.json"));
-            let text = std::fs::read_to_string(&path)
+            // Not through a link either: the sandbox could point one at a host file.
+            let text = hostfs::read_to_string(&path)
                 .with_context(|| format!("reading {}", path.display()))?;
             let messages = parse_conversation(&text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -190,18 +197,17 @@ pub async fn run(chat: &mut Chat, line: &str) -> anyhow::Result<()> {
                 chat.renderer.message(message)?;
             }
             chat.renderer.finish_open()?;
-            println!(
-                "Loaded {} messages from {}.",
-                messages.len(),
-                path.display()
-            );
+            println!("Loaded {} messages from {}.", messages.len(), shown(&path));
         }
         "jupyter" => {
             let path = PathBuf::from(arg.unwrap_or("conversation.ipynb"));
             let messages = chat.conversation.messages().await;
-            std::fs::write(&path, serde_json::to_string_pretty(&notebook(&messages))?)
-                .with_context(|| format!("writing {}", path.display()))?;
-            writeln!(out, "Exported the conversation to {}.", path.display())?;
+            hostfs::save(
+                &path,
+                serde_json::to_string_pretty(&notebook(&messages))?.as_bytes(),
+            )
+            .with_context(|| format!("saving {}", path.display()))?;
+            writeln!(out, "Exported the conversation to {}.", shown(&path))?;
         }
         "upload" => {
             let (source, dest) = two_args(arg, "%upload <host path> [workspace folder]")?;
@@ -213,8 +219,9 @@ pub async fn run(chat: &mut Chat, line: &str) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!(e))?;
             writeln!(
                 out,
-                "Copied {source} into the workspace ({dest}), {} bytes packed.",
-                bytes
+                "Copied {} into the workspace ({}), {bytes} bytes packed.",
+                visible(&source, Kind::Name),
+                visible(&dest, Kind::Name),
             )?;
         }
         "download" => {
@@ -227,14 +234,20 @@ pub async fn run(chat: &mut Chat, line: &str) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!(e))?;
             writeln!(
                 out,
-                "Copied {source} out: {} files into {}.",
+                "Copied {} out: {} files into {}.",
+                visible(&source, Kind::Name),
                 written.len(),
-                dest.display()
+                shown(&dest)
             )?;
         }
         _ => bail!("unknown magic command `%{name}`.\n{HELP}"),
     }
     Ok(())
+}
+
+/// A path as shown on the terminal.
+fn shown(path: &std::path::Path) -> String {
+    visible(&path.display().to_string(), Kind::Name).into_owned()
 }
 
 /// `a [b]` (words; quotes are not needed for paths without spaces).

@@ -18,6 +18,7 @@ use anyhow::Context;
 
 use super::cli::{ChatArgs, SandboxArgs};
 use super::config::{self, Paths, Resolved};
+use super::sanitize::{self, visible, Kind};
 use super::signals::Quit;
 use super::{setup, Failure};
 use crate::core::config::Config;
@@ -75,7 +76,7 @@ pub fn resolve(
 /// settings in it ignored because it is not trusted. Once per run, on stderr.
 pub fn tell_settings_notices(resolved: &Resolved) {
     for notice in &resolved.notices {
-        eprintln!("oi: {notice}");
+        eprintln!("oi: {}", visible(notice, Kind::Prose));
     }
 }
 
@@ -91,11 +92,14 @@ pub fn show_config(chat: &ChatArgs, sandbox: &SandboxArgs) -> Result<u8, Failure
             paths.config_file.display()
         )?;
     }
+    // A project file's values and a folder's name come from the working tree: shown,
+    // never obeyed by the terminal.
+    let shown = |text: &str| visible(text, Kind::Prose).into_owned();
     for file in &resolved.files {
-        writeln!(out, "#   {}", file.display())?;
+        writeln!(out, "#   {}", shown(&file.display().to_string()))?;
     }
     for notice in &resolved.notices {
-        writeln!(out, "# note: {notice}")?;
+        writeln!(out, "# note: {}", shown(notice))?;
     }
     let rows = resolved.describe();
     let width = rows
@@ -104,14 +108,14 @@ pub fn show_config(chat: &ChatArgs, sandbox: &SandboxArgs) -> Result<u8, Failure
         .max()
         .unwrap_or(0);
     for (key, value, source) in rows {
-        let pair = format!("{key} = {value}");
-        writeln!(out, "{pair:<width$}  # {source}")?;
+        let pair = shown(&format!("{key} = {value}"));
+        writeln!(out, "{pair:<width$}  # {}", shown(&source))?;
     }
     writeln!(
         out,
         "# effective: model {} via {} ({})",
-        config.model,
-        config.endpoint.api_base,
+        shown(&config.model),
+        shown(&config.endpoint.api_base),
         match config.endpoint.kind {
             ProviderKind::OpenAi => "OpenAI-compatible",
             ProviderKind::Anthropic => "Anthropic",
@@ -181,10 +185,10 @@ pub async fn run(chat: ChatArgs, sandbox: SandboxArgs) -> Result<u8, Failure> {
     };
     let engine = setup::engine(config.sandbox.clone(), false).await?;
     if config.sandbox.backend == crate::core::code_interpreter::Backend::Host {
-        eprintln!("oi: WARNING: --unsafe: code runs directly on this machine, with your permissions (no sandbox)");
+        eprintln!("oi: WARNING: unsafe mode: code runs directly on this machine with your permissions, NOT in a sandbox");
     }
     if let Some(notice) = &config.sandbox.workspace_notice {
-        eprintln!("oi: note: {notice}");
+        eprintln!("oi: note: {}", visible(notice, Kind::Prose));
     }
     let conversations = paths.data_dir.join("conversations");
     let (store, history) = match &resume {
@@ -299,7 +303,8 @@ impl Chat {
             }
             if text.starts_with('%') {
                 if let Err(err) = magic::run(self, text).await {
-                    eprintln!("oi: {err:#}");
+                    // Errors can carry names from the sandbox (a refused download).
+                    eprintln!("oi: {}", visible(&format!("{err:#}"), Kind::Prose));
                 }
                 continue;
             }
@@ -348,7 +353,7 @@ impl Chat {
             }
             if self.json {
                 let mut out = std::io::stdout().lock();
-                writeln!(out, "{}", event.to_json())?;
+                writeln!(out, "{}", sanitize::json_line(&event.to_json()))?;
                 out.flush()?;
             } else {
                 self.renderer.event(&event)?;
@@ -356,7 +361,11 @@ impl Chat {
             match event {
                 Event::Message(message) => {
                     if let Err(err) = self.store.append(&message) {
-                        eprintln!("oi: could not save the conversation: {err:#}");
+                        let err = format!("{err:#}");
+                        eprintln!(
+                            "oi: could not save the conversation: {}",
+                            visible(&err, Kind::Prose)
+                        );
                     }
                     // Output fed back: the model is thinking again.
                     if message.kind == MessageType::Console && spinner.is_none() {
@@ -417,7 +426,7 @@ impl Chat {
                 }
                 "e" | "edit" => match edit(language, code).await {
                     Ok(edited) => return Answer::Edit(edited),
-                    Err(err) => eprintln!("oi: {err:#}"),
+                    Err(err) => eprintln!("oi: {}", visible(&format!("{err:#}"), Kind::Prose)),
                 },
                 _ => eprintln!("oi: answer y, n, e or a"),
             }
@@ -472,8 +481,8 @@ async fn pick_conversation(paths: &Paths, interactive: bool) -> Result<Option<St
             "{:>3}. {}  {:<20} {}  ({})",
             i + 1,
             meta.created,
-            meta.model,
-            meta.title,
+            visible(&meta.model, Kind::Name),
+            visible(&meta.title, Kind::Name),
             meta.id
         )?;
     }
