@@ -7,15 +7,18 @@ stdin/stdout, and the interpreters ("kernels") that run the code blocks.
 Flow: the host writes one JSON request per line on stdin; the runner answers with one
 JSON frame per line on stdout. User code never writes to the runner's stdout: every
 kernel is a child process whose stdout and stderr are pipes that the runner reads and
-wraps into frames, so nothing user code prints can fake or hide the end of a block.
-Completion comes from each kernel on a separate control pipe (out of band).
+wraps into frames, so nothing user code prints can fake or hide the end of a block, and
+the runner is non-dumpable, so code running as the same user can neither open its
+descriptors through /proc nor ptrace it. Completion comes from each kernel on a
+separate control pipe (out of band).
 
 Threads: the main thread runs one block at a time (select over the kernel's pipes);
 a stdin thread reads requests and acts on interrupt/kill at once, so an interrupt
 works even while the main thread is blocked writing a flood of output to the host.
 
 Left to others: deciding timeouts (the host sends interrupt, then kill), rendering,
-and sandboxing itself (the container around this process).
+and sandboxing itself (the container around this process; oi_guard only adds what a
+container cannot: non-dumpable processes and a filter against setuid files).
 """
 
 import codecs
@@ -32,6 +35,8 @@ import sys
 import tempfile
 import threading
 import time
+
+import oi_guard
 
 PROTOCOL = 1
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -147,6 +152,47 @@ def pids_limit_hits():
     return cgroup_counter("max", "/sys/fs/cgroup/pids.events", "/sys/fs/cgroup/pids/pids.events")
 
 
+class OomScore:
+    """Points the OOM killer at user code: children inherit the runner's oom_score_adj,
+    so the runner raises its own around each start of a kernel and puts it back. The
+    file is opened while the runner is still dumpable (a non-dumpable process's /proc
+    files belong to root)."""
+
+    fd = None
+    own = b"0"
+
+    @classmethod
+    def open(cls):
+        try:
+            cls.fd = os.open("/proc/self/oom_score_adj", os.O_RDWR | os.O_CLOEXEC)
+            cls.own = os.read(cls.fd, 16).strip() or b"0"
+        except OSError:
+            cls.fd = None
+
+    @classmethod
+    def set(cls, value):
+        if cls.fd is None:
+            return
+        try:
+            os.lseek(cls.fd, 0, os.SEEK_SET)
+            os.write(cls.fd, value)
+        except OSError:
+            pass
+
+
+def guarded_binary(name, fallback):
+    """The image's execute-only copy of an interpreter, if there is one: a process
+    started from a file its user cannot read is non-dumpable from its first instruction
+    (so other code of the sandbox cannot ptrace it or open its descriptors)."""
+    path = os.path.join(HERE, "bin", name)
+    if not _on_host[0] and os.access(path, os.X_OK):
+        return path
+    return fallback
+
+
+_on_host = [False]
+
+
 # ---------------------------------------------------------------------------
 # Kernels
 
@@ -171,17 +217,21 @@ class Kernel:
     def _spawn(self, argv, stdin, extra_env=None, pass_fds=(), cwd=None):
         env = dict(os.environ)
         env.update(extra_env or {})
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=pass_fds,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-            preexec_fn=_child_setup,
-        )
+        OomScore.set(b"1000")
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=stdin,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=pass_fds,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=_child_setup,
+            )
+        finally:
+            OomScore.set(OomScore.own)
         for f in (self.proc.stdout, self.proc.stderr):
             os.set_blocking(f.fileno(), False)
         threading.Thread(target=self._watch, daemon=True).start()
@@ -266,14 +316,13 @@ class Kernel:
 
 
 def _child_setup():
-    # The OOM killer should pick user code, never the runner: raise the child's score.
-    try:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("1000")
-    except OSError:
-        pass
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # On the host nothing else would stop a kernel whose runner is gone.
+    try:
+        oi_guard.die_with_parent()
+    except OSError:
+        pass
 
 
 class PythonKernel(Kernel):
@@ -283,13 +332,12 @@ class PythonKernel(Kernel):
         cmd_r, self.cmd_w = os.pipe()
         self.ctl_r, ctl_w = os.pipe()
         os.set_blocking(self.ctl_r, False)
-        boot = "import sys; sys.path.append(%r); import oi_kernel; oi_kernel.main(%d, %d)" % (
-            HERE,
-            cmd_r,
-            ctl_w,
+        boot = (
+            "import sys; sys.path.append(%r); import oi_guard; oi_guard.make_undumpable(); "
+            "import oi_kernel; oi_kernel.main(%d, %d)" % (HERE, cmd_r, ctl_w)
         )
         self._spawn(
-            [sys.executable, "-u", "-c", boot],
+            [guarded_binary("python3", sys.executable), "-u", "-c", boot],
             stdin=subprocess.DEVNULL,
             pass_fds=(cmd_r, ctl_w),
             extra_env={
@@ -354,7 +402,7 @@ class ShellKernel(Kernel):
         os.set_blocking(self.ctl_r, False)
         self.seq = 0
         self._spawn(
-            ["bash", "--noprofile", "--rcfile", os.path.join(HERE, "oi_bashrc"), "--noediting", "-i"],
+            [guarded_binary("bash", "bash"), "--noprofile", "--rcfile", os.path.join(HERE, "oi_bashrc"), "--noediting", "-i"],
             stdin=subprocess.PIPE,
             pass_fds=(ctl_w,),
             extra_env={"OI_CTL_FD": str(ctl_w)},
@@ -745,7 +793,20 @@ def prepare_environment():
             pass
 
 
-def main():
+def main(argv):
+    # `--host`: the unsandboxed backend, on the user's own machine: no filter there.
+    _on_host[0] = "--host" in argv[1:]
+    if not _on_host[0]:
+        try:
+            oi_guard.install_file_mode_filter()
+        except OSError as exc:
+            log("refusing to run code: the filter against setuid files could not be installed: %s" % exc)
+            sys.exit(3)
+    OomScore.open()
+    try:
+        oi_guard.make_undumpable()
+    except OSError as exc:
+        log("could not make the runner non-dumpable: %s" % exc)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     prepare_environment()
@@ -753,4 +814,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv)
