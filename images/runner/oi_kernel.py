@@ -31,6 +31,10 @@ import threading
 import traceback
 import types
 
+# The largest image sent, before base64; larger ones are refused with a message (the
+# runner enforces the same limit: docs/protocol.md).
+MAX_IMAGE_BYTES = 32 * 1024 * 1024
+
 _chan = None  # the socket to the runner, in the kernel process only
 _chan_lock = threading.Lock()  # one message at a time, whichever thread reports
 _block = 0  # the number of the request being run
@@ -72,7 +76,14 @@ def is_kernel():
 
 
 def emit_png(data):
-    """Sends PNG bytes to the host as an image event."""
+    """Sends PNG bytes to the host as an image event (refused over MAX_IMAGE_BYTES)."""
+    if len(data) > MAX_IMAGE_BYTES:
+        print(
+            "oi: an image of %.1f MiB was not sent: the limit is %d MiB"
+            % (len(data) / 2**20, MAX_IMAGE_BYTES // 2**20),
+            file=sys.stderr,
+        )
+        return
     _report({"t": "image", "format": "png", "data": base64.b64encode(data).decode()})
 
 

@@ -30,6 +30,7 @@ import fcntl
 import json
 import os
 import queue
+import re
 import selectors
 import shlex
 import shutil
@@ -49,12 +50,21 @@ PROTOCOL = 1
 HERE = os.path.dirname(os.path.abspath(__file__))
 READ_CHUNK = 64 * 1024
 
-# The largest image a kernel may send (before base64).
+# Images: the formats sent, and the largest image (before base64). docs/protocol.md.
+IMAGE_FORMATS = ("png", "jpeg", "gif", "webp", "svg+xml")
 MAX_IMAGE_BYTES = 32 * 1024 * 1024
 # The longest control message a kernel may send: an image at the limit, with room.
 MAX_CTL_LINE = (MAX_IMAGE_BYTES + 2) // 3 * 4 + 64 * 1024
+# The longest request line read from the host.
+MAX_REQUEST_LINE = 64 * 1024 * 1024
 # Control data read per wake-up, so that a flood there does not starve the output.
 CTL_READS_PER_WAKE = 64
+
+# What a request may carry (file-run languages): validated, never trusted.
+EXTENSION = re.compile(r"[A-Za-z0-9]{1,16}\Z")
+LANGUAGE_NAME = re.compile(r"[^\x00-\x20\x7f]{1,64}\Z")
+MAX_COMMAND = 8 * 1024
+MAX_ID = 2**64 - 1
 
 _out = sys.stdout.buffer
 _out_lock = threading.Lock()
@@ -495,8 +505,8 @@ class PythonKernel(Kernel):
             return {"t": "done", "status": status if status in ("ok", "error", "interrupted") else "error"}
         if kind == "line" and _is_int(msg.get("line")) and 0 < msg["line"] < 2**31:
             return {"t": "line", "line": msg["line"], "out": out}
-        if kind == "image" and isinstance(msg.get("data"), str):
-            return {"t": "image", "format": str(msg.get("format", "png")), "data": msg["data"], "out": out}
+        if kind == "image":
+            return checked_image(msg.get("format"), msg.get("data"), out)
         return None
 
     def submit(self, req):
@@ -507,6 +517,15 @@ class PythonKernel(Kernel):
 
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def checked_image(fmt, data, out):
+    """An image message the host may receive, or a notice saying why not."""
+    if fmt not in IMAGE_FORMATS:
+        return {"t": "notice", "message": "an image in an unsupported format was not sent (formats: %s)" % ", ".join(IMAGE_FORMATS)}
+    if not isinstance(data, str) or len(data) > (MAX_IMAGE_BYTES + 2) // 3 * 4:
+        return {"t": "notice", "message": "an image over %d MiB was not sent" % (MAX_IMAGE_BYTES // 2**20)}
+    return {"t": "image", "format": fmt, "data": data, "out": out}
 
 
 def bash_quote(code):
@@ -635,11 +654,10 @@ class FileKernel(Kernel):
         self.ready = True
 
     def submit(self, req):
-        ext = req.get("extension") or "txt"
-        fd, self.path = tempfile.mkstemp(prefix="oi-block-", suffix="." + ext.lstrip("."))
+        fd, self.path = tempfile.mkstemp(prefix="oi-block-", suffix="." + (req.get("extension") or "txt"))
         with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
             f.write(req["code"])
-        template = req.get("command") or ""
+        template = req["command"]
         command = template.replace("{file}", shlex.quote(self.path))
         if command == template:
             command = template + " " + shlex.quote(self.path)
@@ -661,6 +679,48 @@ class FileKernel(Kernel):
                 os.unlink(self.path)
             except OSError:
                 pass
+
+
+# ---------------------------------------------------------------------------
+# Requests
+
+
+class BadRequest(Exception):
+    pass
+
+
+def parse_request(line):
+    """A request line as a dict with a valid `op` (and `id` where the op needs one)."""
+    try:
+        req = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest("malformed request (%s): %r" % (exc.__class__.__name__, line[:200]))
+    if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+        raise BadRequest("malformed request (no op): %r" % (line[:200],))
+    if req["op"] in ("exec", "interrupt", "kill", "ping"):
+        rid = req.get("id")
+        if not _is_int(rid) or not 0 <= rid <= MAX_ID:
+            raise BadRequest("malformed %s request: `id` must be an integer from 0 to 2^64-1" % req["op"])
+    return req
+
+
+def exec_problem(req):
+    """Why an exec request cannot run, or None."""
+    lang, code = req.get("lang"), req.get("code")
+    if not isinstance(code, str):
+        return "`code` must be a string"
+    if not isinstance(lang, str) or not LANGUAGE_NAME.match(lang):
+        return "`lang` must be a name of 1 to 64 printable characters"
+    if lang in ("python", "shell"):
+        return None
+    command, extension = req.get("command"), req.get("extension")
+    if not isinstance(command, str) or not command.strip():
+        return "unknown language %r (no command to run it)" % lang
+    if len(command) > MAX_COMMAND or "\x00" in command:
+        return "the command of language %r is over %d characters or holds a NUL" % (lang, MAX_COMMAND)
+    if extension is not None and not (isinstance(extension, str) and EXTENSION.match(extension)):
+        return "the file extension of language %r must be 1 to 16 letters or digits" % lang
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -971,23 +1031,28 @@ class Runner:
     def read_requests(self):
         stdin = sys.stdin.buffer
         while True:
-            line = stdin.readline()
+            line = stdin.readline(MAX_REQUEST_LINE + 1)
             if not line:
                 abandon("end of stdin (the host went away)")
-            try:
-                req = json.loads(line)
-                req["op"]
-            except (ValueError, KeyError, TypeError):
-                send({"type": "error", "id": None, "message": "malformed request: %r" % line[:200]})
+            if not line.endswith(b"\n") and len(line) > MAX_REQUEST_LINE:
+                while line and not line.endswith(b"\n"):
+                    line = stdin.readline(READ_CHUNK)
+                send({"type": "error", "id": None, "message": "a request over %d MiB was ignored" % (MAX_REQUEST_LINE // 2**20)})
                 continue
-            self.take_request(req)
+            try:
+                self.take_request(parse_request(line))
+            except BadRequest as exc:
+                send({"type": "error", "id": None, "message": str(exc)})
+            except Exception as exc:  # the stdin thread must outlive any one request
+                log("internal error on a request: %r" % (exc,))
+                send({"type": "error", "id": None, "message": "oi runner error: %r" % (exc,)})
 
     def take_request(self, req):
         op = req["op"]
         if op in ("interrupt", "kill"):
             with self.lock:
                 current = self.current
-            if current is not None and current[0] == req.get("id"):
+            if current is not None and current[0] == req["id"]:
                 kernel = current[1]
                 if op == "interrupt":
                     kernel.interrupt()
@@ -995,7 +1060,7 @@ class Runner:
                     kernel.kill()
                 os.write(self.wake_w, b"x")
         elif op == "ping":
-            send({"type": "pong", "id": req.get("id")})
+            send({"type": "pong", "id": req["id"]})
         elif op == "shutdown":
             abandon("asked to shut down")
         else:
@@ -1028,14 +1093,14 @@ class Runner:
         self.kernel("python")
         while True:
             req = self.requests.get()
-            if req.get("op") != "exec":
-                send({"type": "error", "id": req.get("id"), "message": "unknown op %r" % req.get("op")})
+            if req["op"] != "exec":
+                send({"type": "error", "id": req.get("id") if _is_int(req.get("id")) else None, "message": "unknown op %r" % req["op"][:64]})
                 continue
             try:
                 self.execute(req)
             except Exception as exc:  # the runner must outlive any one block
                 log("internal error: %r" % (exc,))
-                send({"type": "done", "id": req.get("id"), "status": "crashed", "message": "oi runner error: %r" % (exc,)})
+                send({"type": "done", "id": req["id"], "status": "crashed", "message": "oi runner error: %r" % (exc,)})
 
     def kernel(self, lang):
         kernel = self.kernels.get(lang)
@@ -1052,17 +1117,18 @@ class Runner:
         return kernel, notice
 
     def execute(self, req):
-        rid = req.get("id")
-        lang = req.get("lang")
+        rid = req["id"]
+        problem = exec_problem(req)
+        if problem is not None:
+            send({"type": "done", "id": rid, "status": "error", "message": "oi runner refused the block: %s" % problem})
+            return
+        lang = req["lang"]
         if lang in ("python", "shell"):
             kernel, notice = self.kernel(lang)
             if notice:
                 send({"type": "notice", "id": rid, "message": notice})
-        elif req.get("command"):
-            kernel = FileKernel(self.wake_w, lang)
         else:
-            send({"type": "done", "id": rid, "status": "error", "message": "unknown language %r" % lang})
-            return
+            kernel = FileKernel(self.wake_w, lang)
         kernel.interrupted = False
         kernel.kill_requested = False
         with self.lock:

@@ -18,7 +18,7 @@ use bollard::Docker;
 use futures::StreamExt;
 use oi::core::code_interpreter::protocol::{Frame, FrameDecoder};
 use oi::core::code_interpreter::{
-    docker, image, Backend, CollectedOutput, ExecRequest, ExecStatus, Owner, Workspace,
+    docker, image, Backend, CollectedOutput, ExecRequest, ExecStatus, Language, Owner, Workspace,
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -49,6 +49,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     d4_leftover_processes_cannot_end_a_later_block,
     d14_shell_blocks_end_whatever_the_code_does,
+    d15_a_bad_language_request_does_not_crash_the_runner,
 );
 
 // ---------------------------------------------------------------------------
@@ -380,6 +381,19 @@ impl RawRunner {
             .expect("the runner is still there");
         serde_json::from_str(&line).unwrap()
     }
+
+    /// The frames of block `id` up to and including its `done`.
+    async fn until_done(&mut self, id: u64) -> Vec<Value> {
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.frame().await;
+            let done = frame["type"] == "done" && frame["id"] == id;
+            frames.push(frame);
+            if done {
+                return frames;
+            }
+        }
+    }
 }
 
 /// Processes whose command line holds `marker` (on this machine).
@@ -604,4 +618,104 @@ async fn d14_shell_blocks_end_whatever_the_code_does(backend: Backend) {
         );
     }
     s.close().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// D15: requests are validated
+
+/// Declared languages with a bad extension or command reach the runner (the host's
+/// own validation is not this test's business): each is refused with a clear error and
+/// the session goes on.
+async fn d15_a_bad_language_request_does_not_crash_the_runner(backend: Backend) {
+    let Some((_engine, mut s)) = session_with(backend, |c| {
+        c.languages
+            .add(Language::file("z", "../../../tmp/evil", "cat {file}"));
+        c.languages
+            .add(Language::file("long", "abcdefghijklmnopq", "cat {file}"));
+        c.languages
+            .add(Language::file("nul", "txt", "cat\0 {file}"));
+        c.languages.add(Language::file("ok", "txt", "cat {file}"));
+    })
+    .await
+    else {
+        return;
+    };
+    for lang in ["z", "long", "nul"] {
+        let out = run(&mut s, lang, "hello").await;
+        assert_eq!(out.status(), ExecStatus::Error, "{lang}: {out:?}");
+        let message = out.outcome().message.clone().unwrap_or_default();
+        assert!(message.contains("refused"), "{lang}: {message}");
+    }
+    let fine = run(&mut s, "ok", "hello").await;
+    assert_ok(&fine);
+    assert_eq!(fine.stdout, "hello");
+    assert_eq!(run(&mut s, "python", "print(1)").await.stdout, "1\n");
+    s.close().await.unwrap();
+}
+
+/// Malformed requests, written raw: wrong types, huge and non-integer numbers, deep
+/// nesting, lines that are not JSON. Each gets an error (or an error `done`), and the
+/// runner goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d15_malformed_requests_do_not_kill_the_runner() {
+    let mut runner = RawRunner::start().await;
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let huge = "9".repeat(5000);
+    let bad_lines = [
+        "not json".to_string(),
+        "[]".to_string(),
+        "\"op\"".to_string(),
+        deep,
+        r#"{"op": 5}"#.to_string(),
+        r#"{"op": "exec", "v": 1, "id": 1e400, "lang": "python", "code": "1"}"#.to_string(),
+        r#"{"op": "exec", "v": 1, "id": -1, "lang": "python", "code": "1"}"#.to_string(),
+        r#"{"op": "exec", "v": 1, "id": 123456789012345678901234567890, "lang": "python", "code": "1"}"#
+            .to_string(),
+        format!(r#"{{"op": "exec", "v": 1, "id": {huge}, "lang": "python", "code": "1"}}"#),
+        r#"{"op": "exec", "v": 1, "id": true, "lang": "python", "code": "1"}"#.to_string(),
+        r#"{"op": "interrupt", "v": 1, "id": "x"}"#.to_string(),
+        r#"{"op": "ping", "v": 1}"#.to_string(),
+    ];
+    for line in &bad_lines {
+        runner.send(line).await;
+        let frame = runner.frame().await;
+        assert_eq!(
+            frame["type"],
+            "error",
+            "{}: {frame}",
+            &line[..line.len().min(80)]
+        );
+    }
+    let bad_execs = [
+        json!({"op": "exec", "v": 1, "id": 2, "lang": "python", "code": 7}),
+        json!({"op": "exec", "v": 1, "id": 3, "lang": ["python"], "code": "1"}),
+        json!({"op": "exec", "v": 1, "id": 4, "lang": "z", "code": "x", "command": "cat {file}", "extension": "../../../tmp/evil"}),
+        json!({"op": "exec", "v": 1, "id": 5, "lang": "z", "code": "x", "command": ["cat"]}),
+        json!({"op": "exec", "v": 1, "id": 6, "lang": "z", "code": "x", "command": "cat {file}", "extension": 9}),
+        json!({"op": "exec", "v": 1, "id": 7, "lang": "z\n", "code": "x", "command": "cat {file}"}),
+        json!({"op": "exec", "v": 1, "id": 8, "lang": "z", "code": "x"}),
+        json!({"op": "frobnicate", "v": 1, "id": 9}),
+    ];
+    for (i, request) in bad_execs.iter().enumerate() {
+        runner.send(&request.to_string()).await;
+        let frame = runner.frame().await;
+        if i + 1 < bad_execs.len() {
+            assert_eq!(
+                (&frame["type"], &frame["status"]),
+                (&json!("done"), &json!("error")),
+                "{request}: {frame}"
+            );
+        } else {
+            assert_eq!(frame["type"], "error", "{request}: {frame}");
+        }
+    }
+    runner
+        .send(
+            &json!({"op": "exec", "v": 1, "id": 10, "lang": "shell", "code": "echo served"})
+                .to_string(),
+        )
+        .await;
+    let frames = runner.until_done(10).await;
+    assert_eq!(frames[0]["data"], "served\n", "{frames:?}");
+    assert_eq!(frames.last().unwrap()["status"], "ok");
 }
