@@ -427,6 +427,13 @@ async fn d5_host_runner_stops_everything_mid_block_when_its_stdin_closes() {
         busy = runner.frame().await;
     }
     assert_eq!(busy["data"], "busy\n", "{busy}");
+    // Popen returns once exec began; the new command line shows a moment later.
+    let seen = Instant::now();
+    while processes_with(&format!("sleep {secs}")).is_empty()
+        && seen.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(processes_with(&format!("sleep {secs}")).len(), 1);
     let here = runner._dir.path().display().to_string();
     let closed = Instant::now();
