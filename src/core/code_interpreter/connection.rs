@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use super::error::{Result, SandboxError};
 use super::execution::{ExecEvent, ExecOutcome, ExecStatus, Execution};
 use super::language::{Language, LanguageKind};
-use super::protocol::{Frame, FrameDecoder, Request, RunnerStatus, PROTOCOL_VERSION};
+use super::protocol::{
+    Frame, FrameDecoder, FrameError, Request, RunnerStatus, IMAGE_FORMATS, PROTOCOL_VERSION,
+};
 
 /// Frames buffered per execution before the reader waits for the consumer: bounds
 /// memory (frames are at most 64 KiB of output) while a block floods its output.
@@ -66,6 +68,21 @@ impl Diagnostics {
 
 type Routes = Arc<Mutex<HashMap<u64, mpsc::Sender<Frame>>>>;
 
+/// What went wrong with a runner that oi stopped trusting, shared by the reader and
+/// the executions: when set, the connection is dead and the message says why.
+#[derive(Clone, Default, Debug)]
+struct Failure(Arc<Mutex<Option<String>>>);
+
+impl Failure {
+    fn set(&self, why: String) {
+        self.0.lock().unwrap().get_or_insert(why);
+    }
+
+    fn get(&self) -> Option<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
 /// Timing of interrupts: how long an interrupted block may take to stop before its
 /// interpreter is killed.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +97,7 @@ pub(crate) struct RunnerConnection {
     alive: Arc<std::sync::atomic::AtomicBool>,
     closed: CancellationToken,
     diagnostics: Diagnostics,
+    failure: Failure,
     exclusive: Arc<tokio::sync::Mutex<()>>,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -95,13 +113,17 @@ impl RunnerConnection {
         let routes: Routes = Arc::default();
         let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let closed = CancellationToken::new();
+        let failure = Failure::default();
         let (hello_tx, hello_rx) = oneshot::channel();
         let reader = tokio::spawn(read_frames(
             output,
-            routes.clone(),
-            alive.clone(),
-            closed.clone(),
-            diagnostics.clone(),
+            Reader {
+                routes: routes.clone(),
+                alive: alive.clone(),
+                closed: closed.clone(),
+                diagnostics: diagnostics.clone(),
+                failure: failure.clone(),
+            },
             hello_tx,
         ));
         let conn = RunnerConnection {
@@ -111,6 +133,7 @@ impl RunnerConnection {
             alive,
             closed,
             diagnostics,
+            failure,
             exclusive: Arc::default(),
             reader,
         };
@@ -133,7 +156,8 @@ impl RunnerConnection {
         }
     }
 
-    /// Whether the runner is still there (its output has not ended).
+    /// Whether the runner is still there and trusted (its output has not ended, it
+    /// has not broken the protocol).
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::SeqCst)
     }
@@ -187,6 +211,7 @@ impl RunnerConnection {
             cancel: cancel.clone(),
             closed: self.closed.clone(),
             diagnostics: self.diagnostics.clone(),
+            failure: self.failure.clone(),
             timeout,
             escalation,
             _turn: turn,
@@ -263,14 +288,27 @@ async fn write_request(
         .map_err(SandboxError::io("writing to the sandbox runner"))
 }
 
-async fn read_frames(
-    mut output: BoxStream<'static, std::io::Result<Bytes>>,
+/// What the frame reader shares with the connection.
+struct Reader {
     routes: Routes,
     alive: Arc<std::sync::atomic::AtomicBool>,
     closed: CancellationToken,
     diagnostics: Diagnostics,
+    failure: Failure,
+}
+
+async fn read_frames(
+    mut output: BoxStream<'static, std::io::Result<Bytes>>,
+    reader: Reader,
     hello: oneshot::Sender<std::result::Result<(), String>>,
 ) {
+    let Reader {
+        routes,
+        alive,
+        closed,
+        diagnostics,
+        failure,
+    } = reader;
     let mut hello = Some(hello);
     let mut decoder = FrameDecoder::default();
     'read: loop {
@@ -291,10 +329,16 @@ async fn read_frames(
         while let Some(frame) = decoder.next_frame() {
             let frame = match frame {
                 Ok(frame) => frame,
-                Err(garbage) => {
-                    diagnostics
-                        .push(format!("unreadable frame from the runner: {garbage}\n").as_bytes());
+                Err(err @ FrameError::Unreadable(_)) => {
+                    diagnostics.push(format!("{err}\n").as_bytes());
                     continue;
+                }
+                Err(err @ FrameError::TooLong) => {
+                    // Reading on would mean buffering without bound: give up on it.
+                    failure.set(format!(
+                        "{err}; oi stopped reading it: the next block starts a new sandbox and all state was lost"
+                    ));
+                    break 'read;
                 }
             };
             if let Frame::Hello { v, .. } = &frame {
@@ -348,6 +392,7 @@ struct ExecTask {
     cancel: CancellationToken,
     closed: CancellationToken,
     diagnostics: Diagnostics,
+    failure: Failure,
     timeout: Option<Duration>,
     escalation: Escalation,
     _turn: OwnedMutexGuard<()>,
@@ -403,16 +448,7 @@ impl ExecTask {
                 Some(Frame::Stderr { data, .. }) => ExecEvent::Stderr { text: data },
                 Some(Frame::Notice { message, .. }) => ExecEvent::Notice { message },
                 Some(Frame::ActiveLine { line, .. }) => ExecEvent::ActiveLine { line },
-                Some(Frame::Image { format, data, .. }) => {
-                    match base64::engine::general_purpose::STANDARD.decode(data.as_bytes()) {
-                        Ok(data) => ExecEvent::Image { format, data },
-                        Err(err) => ExecEvent::Notice {
-                            message: format!(
-                                "an image from the sandbox could not be decoded: {err}"
-                            ),
-                        },
-                    }
-                }
+                Some(Frame::Image { format, data, .. }) => image_event(format, &data),
                 Some(Frame::Error { message, .. }) => ExecEvent::Stderr {
                     text: format!("oi runner: {message}\n"),
                 },
@@ -478,6 +514,8 @@ impl ExecTask {
         );
         if self.closed.is_cancelled() {
             message = String::from("the sandbox session was closed while the block ran");
+        } else if let Some(why) = self.failure.get() {
+            message = why;
         } else if !detail.is_empty() {
             message.push_str("\nrunner said: ");
             message.push_str(detail);
@@ -490,10 +528,55 @@ impl ExecTask {
     }
 }
 
+/// An image frame as the event it becomes: only formats from the protocol's list, and
+/// only valid base64; anything else is a notice.
+fn image_event(format: String, data: &str) -> ExecEvent {
+    if !IMAGE_FORMATS.contains(&format.as_str()) {
+        return ExecEvent::Notice {
+            message: format!(
+                "an image from the sandbox was dropped: its format is not one of {}",
+                IMAGE_FORMATS.join(", ")
+            ),
+        };
+    }
+    match base64::engine::general_purpose::STANDARD.decode(data.as_bytes()) {
+        Ok(data) => ExecEvent::Image { format, data },
+        Err(err) => ExecEvent::Notice {
+            message: format!("an image from the sandbox could not be decoded: {err}"),
+        },
+    }
+}
+
 fn human(d: Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{} s", d.as_secs())
     } else {
         format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_are_only_taken_in_listed_formats_and_valid_base64() {
+        assert_eq!(
+            image_event("svg+xml".into(), "PHN2Zy8+"),
+            ExecEvent::Image {
+                format: "svg+xml".into(),
+                data: b"<svg/>".to_vec()
+            }
+        );
+        for (format, data) in [
+            ("png/../../x", "AAAA"),
+            ("exe", "AAAA"),
+            ("png", "not base64!"),
+        ] {
+            assert!(
+                matches!(image_event(format.into(), data), ExecEvent::Notice { .. }),
+                "{format} {data}"
+            );
+        }
     }
 }

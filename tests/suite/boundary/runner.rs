@@ -16,7 +16,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures::StreamExt;
-use oi::core::code_interpreter::protocol::{Frame, FrameDecoder};
+use oi::core::code_interpreter::protocol::{Frame, FrameDecoder, FrameError, MAX_FRAME_BYTES};
 use oi::core::code_interpreter::{
     docker, image, Backend, CollectedOutput, ExecRequest, ExecStatus, Language, Owner, Workspace,
 };
@@ -457,6 +457,114 @@ async fn d5_host_runner_stops_everything_mid_block_when_its_stdin_closes() {
         Vec::<String>::new(),
         "no interpreter is left"
     );
+}
+
+// ---------------------------------------------------------------------------
+// D10: long frames in linear time, bounded
+
+fn stdout_frame(data_len: usize) -> Vec<u8> {
+    let mut line = br#"{"type":"stdout","id":7,"data":""#.to_vec();
+    line.resize(line.len() + data_len, b'a');
+    line.extend_from_slice(b"\"}\n");
+    line
+}
+
+/// A 50 MB frame arriving in 64 KiB reads (the quadratic decoder rescanned the whole
+/// buffer on every read: minutes), and a line past the limit is refused, not buffered.
+#[test]
+fn d10_a_large_frame_parses_in_linear_time() {
+    let line = stdout_frame(50_000_000);
+    let started = Instant::now();
+    let mut decoder = FrameDecoder::default();
+    let mut frames = Vec::new();
+    for chunk in line.chunks(64 * 1024) {
+        decoder.push(chunk);
+        while let Some(frame) = decoder.next_frame() {
+            frames.push(frame.unwrap());
+        }
+    }
+    let took = started.elapsed();
+    match frames.as_slice() {
+        [Frame::Stdout { id: 7, data }] => assert_eq!(data.len(), 50_000_000),
+        other => panic!("unexpected {:?}", other.len()),
+    }
+    assert!(took < Duration::from_secs(5), "decoding took {took:?}");
+
+    let mut decoder = FrameDecoder::default();
+    let chunk = vec![b'x'; 1024 * 1024];
+    let mut pushed = 0;
+    let err = loop {
+        decoder.push(&chunk);
+        pushed += chunk.len();
+        if let Some(result) = decoder.next_frame() {
+            break result.unwrap_err();
+        }
+        assert!(
+            pushed <= MAX_FRAME_BYTES + chunk.len(),
+            "no error after {pushed} bytes"
+        );
+    };
+    assert_eq!(err, FrameError::TooLong);
+    assert!(err.to_string().contains("64 MiB"), "{err}");
+}
+
+/// End to end: a 30 MiB image crosses quickly; one over the 32 MiB limit, an
+/// oversized control message and an image in a format off the list are refused with
+/// a message, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d10_images_are_bounded_and_large_ones_cross_quickly() {
+    let Some((_engine, mut s)) = session_with(Backend::Docker, |_| {}).await else {
+        return;
+    };
+    let started = Instant::now();
+    let big = run(
+        &mut s,
+        "python",
+        "import os, oi_kernel\noi_kernel.emit_png(os.urandom(30 * 2**20))",
+    )
+    .await;
+    let took = started.elapsed();
+    assert_ok(&big);
+    assert_eq!(big.images.len(), 1);
+    assert_eq!(big.images[0].len(), 30 * 1024 * 1024);
+    assert!(
+        took < Duration::from_secs(10),
+        "a 30 MiB image took {took:?}"
+    );
+
+    let too_big = run(
+        &mut s,
+        "python",
+        "import oi_kernel\noi_kernel.emit_png(bytes(33 * 2**20))",
+    )
+    .await;
+    assert!(too_big.images.is_empty(), "{:?}", too_big.notices);
+    assert!(too_big.stderr.contains("was not sent"), "{too_big:?}");
+
+    let forged = run(
+        &mut s,
+        "python",
+        concat!(
+            "import oi_kernel\n",
+            "oi_kernel._chan.sendall(b'{\"t\": \"image\", \"format\": \"png\", \"data\": \"' + b'A' * (50 * 2**20) + b'\"}\\n')\n",
+            "oi_kernel._report({'t': 'image', 'format': 'png/../../x', 'data': 'AAAA'})\n",
+            "print('done')",
+        ),
+    )
+    .await;
+    assert_ok(&forged);
+    assert!(forged.images.is_empty());
+    assert!(
+        forged.notices.iter().any(|n| n.contains("was dropped"))
+            && forged
+                .notices
+                .iter()
+                .any(|n| n.contains("unsupported format")),
+        "{:?}",
+        forged.notices
+    );
+    assert_eq!(run(&mut s, "python", "print(2)").await.stdout, "2\n");
+    s.close().await.unwrap();
 }
 
 // ---------------------------------------------------------------------------
