@@ -31,6 +31,10 @@ use super::protocol::{
 const FRAME_BUFFER: usize = 16;
 /// Events buffered between an execution's task and its reader.
 const EVENT_BUFFER: usize = 16;
+/// How long a runner may stay silent after a `kill` before oi gives up on it: killing
+/// takes it milliseconds, so silence means it is stopped (code can SIGSTOP it: same
+/// user) or wedged. The block then ends as crashed and the session gets a new sandbox.
+const KILL_ANSWER_GRACE: Duration = Duration::from_secs(5);
 
 /// The byte streams of a runner, whatever carries them.
 pub(crate) struct Transport {
@@ -157,7 +161,7 @@ impl RunnerConnection {
     }
 
     /// Whether the runner is still there and trusted (its output has not ended, it
-    /// has not broken the protocol).
+    /// has not broken the protocol, it answered its last kill).
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::SeqCst)
     }
@@ -210,6 +214,7 @@ impl RunnerConnection {
             events: event_tx,
             cancel: cancel.clone(),
             closed: self.closed.clone(),
+            alive: self.alive.clone(),
             diagnostics: self.diagnostics.clone(),
             failure: self.failure.clone(),
             timeout,
@@ -391,6 +396,7 @@ struct ExecTask {
     events: mpsc::Sender<ExecEvent>,
     cancel: CancellationToken,
     closed: CancellationToken,
+    alive: Arc<std::sync::atomic::AtomicBool>,
     diagnostics: Diagnostics,
     failure: Failure,
     timeout: Option<Duration>,
@@ -420,6 +426,8 @@ impl ExecTask {
         let mut stop: Option<StopReason> = None;
         let mut kill_at = far;
         let mut killed = false;
+        // After a kill: when oi stops waiting for the runner (moved on by every frame).
+        let mut give_up_at = far;
         loop {
             let frame = tokio::select! {
                 biased;
@@ -438,10 +446,15 @@ impl ExecTask {
                 _ = tokio::time::sleep_until(kill_at), if !killed => {
                     killed = true;
                     self.request(Request::Kill { v: PROTOCOL_VERSION, id: self.id }).await;
+                    give_up_at = Instant::now() + KILL_ANSWER_GRACE;
                     continue;
                 }
+                _ = tokio::time::sleep_until(give_up_at), if killed => return self.unanswered(),
                 frame = self.frames.recv() => frame,
             };
+            if killed {
+                give_up_at = Instant::now() + KILL_ANSWER_GRACE;
+            }
             let event = match frame {
                 None => return self.lost(),
                 Some(Frame::Stdout { data, .. }) => ExecEvent::Stdout { text: data },
@@ -502,6 +515,24 @@ impl ExecTask {
             status,
             exit_code,
             message,
+        }
+    }
+
+    /// The runner did not answer a kill: it is stopped or wedged. The connection is
+    /// marked dead so that the session starts a new sandbox for the next block.
+    fn unanswered(&self) -> ExecOutcome {
+        let why = format!(
+            "the sandbox runner stopped answering: the block did not end within {} of being \
+             killed (code in the sandbox may have stopped the runner); the next block starts a \
+             new sandbox and all state was lost",
+            human(KILL_ANSWER_GRACE)
+        );
+        self.failure.set(why.clone());
+        self.alive.store(false, Ordering::SeqCst);
+        ExecOutcome {
+            status: ExecStatus::Crashed,
+            exit_code: None,
+            message: Some(why),
         }
     }
 

@@ -48,6 +48,7 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     d4_leftover_processes_cannot_end_a_later_block,
+    d5_a_stopped_runner_ends_the_block_and_the_session_restarts,
     d14_shell_blocks_end_whatever_the_code_does,
     d15_a_bad_language_request_does_not_crash_the_runner,
 );
@@ -190,7 +191,7 @@ echo started"#;
 }
 
 // ---------------------------------------------------------------------------
-// D5: the runner goes when the host does
+// D5: the runner goes when the host does, and a stopped runner does not hang oi
 
 /// Labels that keep another oi's start-up sweep away from a container this test made
 /// (its owner, this test process, is alive) and say which test made it.
@@ -457,6 +458,45 @@ async fn d5_host_runner_stops_everything_mid_block_when_its_stdin_closes() {
         Vec::<String>::new(),
         "no interpreter is left"
     );
+}
+
+/// Code stops the runner itself (same user: it may). The timeout's interrupt and kill
+/// go unanswered; oi must end the block as crashed instead of waiting for ever, and
+/// the next block must get a new sandbox.
+async fn d5_a_stopped_runner_ends_the_block_and_the_session_restarts(backend: Backend) {
+    let Some((_engine, mut s)) =
+        session_with(backend, |c| c.interrupt_grace = Duration::from_millis(500)).await
+    else {
+        return;
+    };
+    assert_ok(&run(&mut s, "python", "state = 1").await);
+    let started = Instant::now();
+    let out = run_req(
+        &mut s,
+        ExecRequest::new(
+            "python",
+            "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\nwhile True:\n    pass",
+        )
+        .with_timeout(Duration::from_secs(1)),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(out.status(), ExecStatus::Crashed, "{out:?}");
+    let message = out.outcome().message.clone().unwrap_or_default();
+    assert!(
+        message.contains("stopped answering") && message.contains("state was lost"),
+        "{message}"
+    );
+    assert!(took < Duration::from_secs(12), "it took {took:?}");
+    let next = run(&mut s, "python", "print('state' in globals())").await;
+    assert_eq!(next.stdout, "False\n", "{next:?}");
+    assert!(
+        next.notices
+            .iter()
+            .any(|n| n.contains("started a new sandbox")),
+        "{next:?}"
+    );
+    s.close().await.unwrap();
 }
 
 // ---------------------------------------------------------------------------
