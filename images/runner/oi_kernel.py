@@ -1,8 +1,13 @@
 """oi's Python kernel: a long-lived interpreter that runs blocks like notebook cells.
 
-Started by the runner with two pipes: it reads one JSON request per line from the
-command pipe and reports on the control pipe ("ready", "image", "done"). User code's
-stdout and stderr are this process's own, which the runner reads; stdin is /dev/null.
+Started by the runner with one end of a socket pair, its channel: it reads one JSON
+request per line from it and reports there ("ready", "image", "line", "done"), each
+message carrying the block number of its request so that the runner can tell them
+apart. User code's stdout and stderr are this process's own, which the runner reads;
+stdin is /dev/null. The channel is closed in every child (non-inheritable, and closed
+after `os.fork`), and the kernel is non-dumpable, so that processes a block leaves
+behind cannot use it; code running inside this process can of course say what it likes
+about its own blocks (docs/protocol.md).
 
 Semantics: state persists across blocks; the value of a trailing expression is shown as
 a REPL would; errors print a traceback. IPython syntax (`!cmd`, `%magic`, `x = !cmd`,
@@ -20,11 +25,19 @@ import linecache
 import os
 import re
 import signal
+import socket
 import sys
+import threading
 import traceback
 import types
 
-_ctl = None
+# The largest image sent, before base64; larger ones are refused with a message (the
+# runner enforces the same limit: docs/protocol.md).
+MAX_IMAGE_BYTES = 32 * 1024 * 1024
+
+_chan = None  # the socket to the runner, in the kernel process only
+_chan_lock = threading.Lock()  # one message at a time, whichever thread reports
+_block = 0  # the number of the request being run
 _running = False
 _cell = 0
 _shell = None  # IPython's InteractiveShell, once a block needed it
@@ -37,12 +50,16 @@ _IPYTHON_SYNTAX = re.compile(
 
 
 def _report(msg):
+    if _chan is None:
+        return
     _flush_std()
     # How much stdout the block wrote before this message: the runner uses it to keep
     # images and active lines in their place in the output.
     msg["out"] = _stdout_raw.count if _stdout_raw is not None else 0
-    _ctl.write(json.dumps(msg).encode() + b"\n")
-    _ctl.flush()
+    msg["block"] = _block
+    data = json.dumps(msg).encode() + b"\n"
+    with _chan_lock:
+        _chan.sendall(data)
 
 
 def _flush_std():
@@ -54,12 +71,19 @@ def _flush_std():
 
 
 def is_kernel():
-    """Whether this process is oi's kernel (and not a script it started)."""
-    return _ctl is not None
+    """Whether this process is oi's kernel (and not a script it started or a fork)."""
+    return _chan is not None
 
 
 def emit_png(data):
-    """Sends PNG bytes to the host as an image event."""
+    """Sends PNG bytes to the host as an image event (refused over MAX_IMAGE_BYTES)."""
+    if len(data) > MAX_IMAGE_BYTES:
+        print(
+            "oi: an image of %.1f MiB was not sent: the limit is %d MiB"
+            % (len(data) / 2**20, MAX_IMAGE_BYTES // 2**20),
+            file=sys.stderr,
+        )
+        return
     _report({"t": "image", "format": "png", "data": base64.b64encode(data).decode()})
 
 
@@ -222,8 +246,6 @@ class _Flusher:
     thread flushes what a partial line leaves (progress dots) every 50 ms."""
 
     def __init__(self):
-        import threading
-
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
@@ -301,12 +323,30 @@ def _reap_children():
             return
 
 
-def main(cmd_fd, ctl_fd):
-    global _ctl, _running
-    os.set_inheritable(cmd_fd, False)
-    os.set_inheritable(ctl_fd, False)
-    commands = os.fdopen(cmd_fd, "rb")
-    _ctl = os.fdopen(ctl_fd, "wb")
+def _forget_channel():
+    """In a child made by `os.fork` (multiprocessing, user code): the channel is the
+    kernel's, not the child's."""
+    global _chan
+    chan, _chan = _chan, None
+    if chan is not None:
+        try:
+            chan.close()
+        except OSError:
+            pass
+
+
+def _open_channel(fd):
+    global _chan
+    os.set_inheritable(fd, False)
+    _chan = socket.socket(fileno=fd)
+    _chan.setblocking(True)
+    os.register_at_fork(after_in_child=_forget_channel)
+    return _chan.makefile("rb")
+
+
+def main(chan_fd):
+    global _block, _running
+    commands = _open_channel(chan_fd)
     signal.signal(signal.SIGINT, _on_sigint)
 
     main_mod = types.ModuleType("__main__")
@@ -329,6 +369,7 @@ def main(cmd_fd, ctl_fd):
             return
         request = json.loads(line)
         code = request["code"]
+        _block = request["block"]
         status = "error"
         _flush_std()
         if _stdout_raw is not None:

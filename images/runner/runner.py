@@ -7,51 +7,97 @@ stdin/stdout, and the interpreters ("kernels") that run the code blocks.
 Flow: the host writes one JSON request per line on stdin; the runner answers with one
 JSON frame per line on stdout. User code never writes to the runner's stdout: every
 kernel is a child process whose stdout and stderr are pipes that the runner reads and
-wraps into frames, so nothing user code prints can fake or hide the end of a block.
-Completion comes from each kernel on a separate control pipe (out of band).
+wraps into frames, and the runner is non-dumpable, so code running as the same user can
+neither open its descriptors through /proc nor ptrace it. Completion comes from each
+kernel on a control socket (out of band); the runner believes only what the kernel
+process itself wrote there (its pid, from SCM_CREDENTIALS) for the block that runs.
 
 Threads: the main thread runs one block at a time (select over the kernel's pipes);
 a stdin thread reads requests and acts on interrupt/kill at once, so an interrupt
 works even while the main thread is blocked writing a flood of output to the host.
+End of stdin, `shutdown` or a broken stdout stop every kernel and end the runner at
+once, mid-block too.
 
 Left to others: deciding timeouts (the host sends interrupt, then kill), rendering,
-and sandboxing itself (the container around this process).
+and sandboxing itself (the container around this process; oi_guard only adds what a
+container cannot: non-dumpable processes and a filter against setuid files).
 """
 
+import array
 import codecs
 import collections
+import fcntl
 import json
 import os
 import queue
+import re
 import selectors
 import shlex
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
+
+import oi_guard
 
 PROTOCOL = 1
 HERE = os.path.dirname(os.path.abspath(__file__))
 READ_CHUNK = 64 * 1024
 
+# Images: the formats sent, and the largest image (before base64). docs/protocol.md.
+IMAGE_FORMATS = ("png", "jpeg", "gif", "webp", "svg+xml")
+MAX_IMAGE_BYTES = 32 * 1024 * 1024
+# The longest control message a kernel may send: an image at the limit, with room.
+MAX_CTL_LINE = (MAX_IMAGE_BYTES + 2) // 3 * 4 + 64 * 1024
+# The longest request line read from the host.
+MAX_REQUEST_LINE = 64 * 1024 * 1024
+# Control data read per wake-up, so that a flood there does not starve the output.
+CTL_READS_PER_WAKE = 64
+
+# What a request may carry (file-run languages): validated, never trusted.
+EXTENSION = re.compile(r"[A-Za-z0-9]{1,16}\Z")
+LANGUAGE_NAME = re.compile(r"[^\x00-\x20\x7f]{1,64}\Z")
+MAX_COMMAND = 8 * 1024
+MAX_ID = 2**64 - 1
+
 _out = sys.stdout.buffer
 _out_lock = threading.Lock()
+_runner = None  # the Runner, for abandon()
 
 
 def send(frame):
     data = json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
     with _out_lock:
-        _out.write(data + b"\n")
-        _out.flush()
+        try:
+            _out.write(data + b"\n")
+            _out.flush()
+        except (OSError, ValueError):
+            # The host is gone: nobody will read another frame.
+            abandon("its stdout was closed", 1)
 
 
 def log(message):
     """Diagnostics of the runner itself go to its stderr, never to the frame stream."""
-    sys.stderr.write("oi-runner: %s\n" % message)
-    sys.stderr.flush()
+    try:
+        sys.stderr.write("oi-runner: %s\n" % message)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def abandon(why, code=0):
+    """Stops every kernel and everything they started, and ends the runner now, from any
+    thread, whatever the main thread is doing."""
+    log("exiting: %s" % why)
+    if _runner is not None:
+        _runner.stop_all()
+    os._exit(code)
 
 
 # ---------------------------------------------------------------------------
@@ -116,7 +162,10 @@ def describe_exit(lang, returncode):
         elif sig == signal.SIGSEGV:
             text += " (segmentation fault)"
         return text
-    return "the %s interpreter exited with code %d" % (lang, returncode)
+    text = "the %s interpreter exited with code %d" % (lang, returncode)
+    if lang == "shell":
+        text += " (`exit`, a failing command under `set -e`, `exec`, or closed descriptors)"
+    return text
 
 
 def cgroup_counter(key, *paths):
@@ -147,13 +196,155 @@ def pids_limit_hits():
     return cgroup_counter("max", "/sys/fs/cgroup/pids.events", "/sys/fs/cgroup/pids/pids.events")
 
 
+class OomScore:
+    """Points the OOM killer at user code: children inherit the runner's oom_score_adj,
+    so the runner raises its own around each start of a kernel and puts it back. The
+    file is opened while the runner is still dumpable (a non-dumpable process's /proc
+    files belong to root)."""
+
+    fd = None
+    own = b"0"
+
+    @classmethod
+    def open(cls):
+        try:
+            cls.fd = os.open("/proc/self/oom_score_adj", os.O_RDWR | os.O_CLOEXEC)
+            cls.own = os.read(cls.fd, 16).strip() or b"0"
+        except OSError:
+            cls.fd = None
+
+    @classmethod
+    def set(cls, value):
+        if cls.fd is None:
+            return
+        try:
+            os.lseek(cls.fd, 0, os.SEEK_SET)
+            os.write(cls.fd, value)
+        except OSError:
+            pass
+
+
+def _child_setup():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # On the host nothing else would stop a kernel whose runner is gone.
+    try:
+        oi_guard.die_with_parent()
+    except OSError:
+        pass
+
+
+def guarded_binary(name, fallback):
+    """The image's execute-only copy of an interpreter, if there is one: a process
+    started from a file its user cannot read is non-dumpable from its first instruction
+    (so other code of the sandbox cannot ptrace it or open its descriptors)."""
+    path = os.path.join(HERE, "bin", name)
+    if not _on_host[0] and os.access(path, os.X_OK):
+        return path
+    return fallback
+
+
+_on_host = [False]
+
+
+def unread_bytes(sock):
+    """Bytes written on `sock` that its peer has not read yet (SIOCOUTQ)."""
+    count = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, count, True)
+    return count[0]
+
+
+# ---------------------------------------------------------------------------
+# Control channels
+
+EOF = object()
+OVERSIZE = object()
+_CRED_SIZE = struct.calcsize("iII")
+
+
+class Control:
+    """The runner's end of a kernel's control socket. Keeps only what the kernel
+    process itself wrote (SCM_CREDENTIALS, which the kernel fills in and a sender cannot
+    forge), so that processes a block leaves behind holding a copy of the socket cannot
+    speak for it. Splits lines in linear time and drops any over MAX_CTL_LINE."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.pid = None
+        self.parts = []  # pieces of the line being read
+        self.size = 0
+        self.skipping = False  # inside a line over the limit
+        self.eof = False
+        self.foreign = 0  # bytes other processes wrote, dropped
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def read(self):
+        """What the kernel wrote since the last call: complete lines (bytes), OVERSIZE
+        for each line dropped for its size, and EOF once the socket is closed."""
+        lines = []
+        for _ in range(CTL_READS_PER_WAKE):
+            try:
+                data, ancillary, _, _ = self.sock.recvmsg(READ_CHUNK, socket.CMSG_SPACE(_CRED_SIZE), socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                data, ancillary = b"", []
+            if not data:
+                self.eof = True
+                lines.append(EOF)
+                break
+            if self.pid is None or sender(ancillary) != self.pid:
+                self.foreign += len(data)
+                continue
+            self.take(data, lines)
+        return lines
+
+    def take(self, data, lines):
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            if end < 0:
+                self.append(data[start:])
+                return
+            self.append(data[start:end])
+            lines.append(OVERSIZE if self.skipping else b"".join(self.parts))
+            self.parts, self.size, self.skipping = [], 0, False
+            start = end + 1
+
+    def append(self, piece):
+        if self.skipping or not piece:
+            return
+        self.size += len(piece)
+        if self.size > MAX_CTL_LINE:
+            self.parts, self.skipping = [], True
+            return
+        self.parts.append(piece)
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def sender(ancillary):
+    """The pid in a message's SCM_CREDENTIALS, or None."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= _CRED_SIZE:
+            return struct.unpack("iII", data[:_CRED_SIZE])[0]
+    return None
+
+
 # ---------------------------------------------------------------------------
 # Kernels
 
 
 class Kernel:
     """A child process that runs blocks. Subclasses say how code is handed over and how
-    the control pipe reports readiness, images and completion."""
+    the control socket reports readiness, images and completion."""
 
     lang = "?"
     stateful = True
@@ -161,29 +352,36 @@ class Kernel:
     def __init__(self, wake):
         self.wake = wake
         self.proc = None
-        self.ctl_r = None
+        self.ctl = None
         self.ready = False
         self.kill_requested = False
         self.interrupted = False
-        self._ctl_buf = b""
+        # Why the runner stopped it, for the notice of the block that replaces it.
+        self.stopped_why = None
 
     # -- lifecycle
     def _spawn(self, argv, stdin, extra_env=None, pass_fds=(), cwd=None):
         env = dict(os.environ)
         env.update(extra_env or {})
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=pass_fds,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-            preexec_fn=_child_setup,
-        )
+        OomScore.set(b"1000")
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=stdin,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=pass_fds,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=_child_setup,
+            )
+        finally:
+            OomScore.set(OomScore.own)
         for f in (self.proc.stdout, self.proc.stderr):
             os.set_blocking(f.fileno(), False)
+        if self.ctl is not None:
+            self.ctl.pid = self.proc.pid
         threading.Thread(target=self._watch, daemon=True).start()
 
     def _watch(self):
@@ -216,6 +414,12 @@ class Kernel:
         if self.proc is None:
             return
         self.kill_requested = True
+        self.terminate()
+
+    def terminate(self):
+        """SIGKILL to the interpreter and its session; safe from any thread."""
+        if self.proc is None:
+            return
         kill_session(self.proc.pid)
         try:
             self.proc.kill()
@@ -224,7 +428,7 @@ class Kernel:
 
     def close(self):
         if self.proc is not None:
-            self.kill()
+            self.terminate()
             try:
                 self.proc.wait(timeout=2)
             except subprocess.TimeoutExpired:
@@ -235,94 +439,93 @@ class Kernel:
                         f.close()
                     except OSError:
                         pass
-        if self.ctl_r is not None:
-            try:
-                os.close(self.ctl_r)
-            except OSError:
-                pass
-            self.ctl_r = None
+        if self.ctl is not None:
+            self.ctl.close()
 
-    # -- control pipe
-    def read_ctl(self):
-        """Reads what the control pipe has; returns the complete messages."""
-        try:
-            data = os.read(self.ctl_r, READ_CHUNK)
-        except BlockingIOError:
-            return []
-        except OSError:
-            data = b""
-        if not data:
-            return [None]  # EOF
-        self._ctl_buf += data
-        lines = self._ctl_buf.split(b"\n")
-        self._ctl_buf = lines.pop()
-        return [self.parse_ctl(line) for line in lines if line]
-
+    # -- the block protocol
     def parse_ctl(self, line):
+        """A control line as a message dict, or None to ignore it."""
         raise NotImplementedError
 
     def submit(self, req):
         raise NotImplementedError
 
+    def poll_interval(self):
+        """How often the running block wants `poll` called (None: never)."""
+        return None
 
-def _child_setup():
-    # The OOM killer should pick user code, never the runner: raise the child's score.
-    try:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("1000")
-    except OSError:
-        pass
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    def poll(self):
+        """True when the kernel is known to have ended the block without reporting."""
+        return False
 
 
 class PythonKernel(Kernel):
     lang = "python"
 
     def start(self):
-        cmd_r, self.cmd_w = os.pipe()
-        self.ctl_r, ctl_w = os.pipe()
-        os.set_blocking(self.ctl_r, False)
-        boot = "import sys; sys.path.append(%r); import oi_kernel; oi_kernel.main(%d, %d)" % (
-            HERE,
-            cmd_r,
-            ctl_w,
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.chan = ours
+        self.ctl = Control(ours)
+        self.block = 0
+        boot = (
+            "import sys; sys.path.append(%r); import oi_guard; oi_guard.make_undumpable(); "
+            "import oi_kernel; oi_kernel.main(%d)" % (HERE, theirs.fileno())
         )
-        self._spawn(
-            [sys.executable, "-u", "-c", boot],
-            stdin=subprocess.DEVNULL,
-            pass_fds=(cmd_r, ctl_w),
-            extra_env={
-                "PYTHONUNBUFFERED": "1",
-                # Figures become image events; processes the block starts find the
-                # backend too (through PYTHONPATH) and render off-screen as with Agg.
-                "MPLBACKEND": "module://oi_mpl_backend",
-                "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), HERE) if p),
-            },
-        )
-        os.close(cmd_r)
-        os.close(ctl_w)
+        try:
+            self._spawn(
+                [guarded_binary("python3", sys.executable), "-u", "-c", boot],
+                stdin=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                extra_env={
+                    "PYTHONUNBUFFERED": "1",
+                    # Figures become image events; processes the block starts find the
+                    # backend too (through PYTHONPATH) and render off-screen as with Agg.
+                    "MPLBACKEND": "module://oi_mpl_backend",
+                    "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), HERE) if p),
+                },
+            )
+        finally:
+            theirs.close()
 
     def parse_ctl(self, line):
-        return json.loads(line)
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            return None
+        # A message of another block (a thread or a stale write) is not this one's.
+        if not isinstance(msg, dict) or msg.get("block") != self.block:
+            return None
+        kind = msg.get("t")
+        out = msg.get("out")
+        out = out if _is_int(out) and out >= 0 else 0
+        if kind == "ready":
+            return {"t": "ready"}
+        if kind == "done":
+            status = msg.get("status")
+            return {"t": "done", "status": status if status in ("ok", "error", "interrupted") else "error"}
+        if kind == "line" and _is_int(msg.get("line")) and 0 < msg["line"] < 2**31:
+            return {"t": "line", "line": msg["line"], "out": out}
+        if kind == "image":
+            return checked_image(msg.get("format"), msg.get("data"), out)
+        return None
 
     def submit(self, req):
-        msg = json.dumps({"code": req["code"]}).encode() + b"\n"
-        _write_all(self.cmd_w, msg)
-
-    def close(self):
-        try:
-            os.close(self.cmd_w)
-        except (OSError, AttributeError):
-            pass
-        super().close()
+        self.block += 1
+        msg = json.dumps({"code": req["code"], "block": self.block}).encode() + b"\n"
+        self.chan.sendall(msg)
 
 
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def checked_image(fmt, data, out):
+    """An image message the host may receive, or a notice saying why not."""
+    if fmt not in IMAGE_FORMATS:
+        return {"t": "notice", "message": "an image in an unsupported format was not sent (formats: %s)" % ", ".join(IMAGE_FORMATS)}
+    if not isinstance(data, str) or len(data) > (MAX_IMAGE_BYTES + 2) // 3 * 4:
+        return {"t": "notice", "message": "an image over %d MiB was not sent" % (MAX_IMAGE_BYTES // 2**20)}
+    return {"t": "image", "format": fmt, "data": data, "out": out}
 
 
 def bash_quote(code):
@@ -343,41 +546,99 @@ def bash_quote(code):
 
 
 class ShellKernel(Kernel):
-    """An interactive bash fed one line per block. Interactive mode is what makes an
-    interrupt abort the whole block (even a loop of builtins) and return to the prompt
-    with the shell's state intact; PROMPT_COMMAND reports the status out of band."""
+    """An interactive bash fed one line per block on a socket (its stdin). Interactive
+    mode is what makes an interrupt abort the whole block (even a loop of builtins) and
+    return to the prompt with the shell's state intact; before each prompt, oi_bashrc's
+    read-only hook reports `<status> <command number>` on the control socket.
+
+    A block that disables the hook anyway (an extdebug DEBUG trap, a function named
+    `builtin`, closed descriptors) must not hang the session: after the block's line has
+    been read, the runner writes an empty probe line, and when the shell has read that
+    too, the block is over whether or not it said so."""
 
     lang = "shell"
 
     def start(self):
-        self.ctl_r, ctl_w = os.pipe()
-        os.set_blocking(self.ctl_r, False)
-        self.seq = 0
-        self._spawn(
-            ["bash", "--noprofile", "--rcfile", os.path.join(HERE, "oi_bashrc"), "--noediting", "-i"],
-            stdin=subprocess.PIPE,
-            pass_fds=(ctl_w,),
-            extra_env={"OI_CTL_FD": str(ctl_w)},
-        )
-        os.close(ctl_w)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        commands, shell_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.ctl = Control(ours)
+        self.commands = commands
+        self.ctl_fd = theirs.fileno()
+        self.number = None  # the shell's command number at its last report
+        self.probe = None  # None, "line" (block written) or "probe" (probe written)
+        try:
+            self._spawn(
+                [guarded_binary("bash", "bash"), "--noprofile", "--rcfile", os.path.join(HERE, "oi_bashrc"), "--noediting", "-i"],
+                stdin=shell_end.fileno(),
+                pass_fds=(theirs.fileno(),),
+                extra_env={"OI_CTL_FD": str(theirs.fileno())},
+            )
+        finally:
+            theirs.close()
+            shell_end.close()
+
+    @staticmethod
+    def _report(line):
+        try:
+            status, number = line.split()
+            return int(status), int(number)
+        except ValueError:
+            return None
 
     def parse_ctl(self, line):
-        status, _, seq = line.decode().partition(" ")
-        seq = int(seq or 0)
-        if seq == 0:
+        report = self._report(line)
+        if report is None:
+            return None
+        code, number = report
+        if self.number is None:
+            self.number = number
             return {"t": "ready"}
-        if seq != self.seq:
-            return {"t": "stale"}  # a prompt redrawn by a late interrupt: not a block's end
-        code = int(status)
-        if code == 130 and self.interrupted:
+        if number <= self.number:
+            return None  # a prompt redrawn without a block (a late interrupt, the probe)
+        self.number = number
+        self.probe = None
+        if code >= 128 and self.interrupted:
             return {"t": "done", "status": "interrupted", "exit_code": code}
         return {"t": "done", "status": "ok" if code == 0 else "error", "exit_code": code}
 
+    def discard_stale(self):
+        """Reports that came while no block ran belong to none: forget them."""
+        for line in self.ctl.read():
+            report = self._report(line) if isinstance(line, bytes) else None
+            if report is not None:
+                self.number = max(self.number, report[1])
+
     def submit(self, req):
-        self.seq += 1
-        line = "__oi_seq=%d; eval %s </dev/null {OI_CTL_FD}>&-\n" % (self.seq, bash_quote(req["code"]))
-        self.proc.stdin.write(line.encode("utf-8", "surrogateescape"))
-        self.proc.stdin.flush()
+        self.discard_stale()
+        line = "eval %s </dev/null %d>&-\n" % (bash_quote(req["code"]), self.ctl_fd)
+        self.probe = "line"
+        self.commands.sendall(line.encode("utf-8", "replace"))
+
+    def poll_interval(self):
+        return {"line": 0.002, "probe": 0.05}.get(self.probe)
+
+    def poll(self):
+        if self.probe is None:
+            return False
+        try:
+            if unread_bytes(self.commands):
+                return False
+            if self.probe == "line":
+                # The shell has the block's line: whatever it reads next, it reads after
+                # the block (and its report) ended.
+                self.commands.sendall(b"\n")
+                self.probe = "probe"
+                return False
+        except OSError:
+            return False
+        return True
+
+    def close(self):
+        super().close()
+        try:
+            self.commands.close()
+        except (OSError, AttributeError):
+            pass
 
 
 class FileKernel(Kernel):
@@ -393,11 +654,10 @@ class FileKernel(Kernel):
         self.ready = True
 
     def submit(self, req):
-        ext = req.get("extension") or "txt"
-        fd, self.path = tempfile.mkstemp(prefix="oi-block-", suffix="." + ext.lstrip("."))
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
+        fd, self.path = tempfile.mkstemp(prefix="oi-block-", suffix="." + (req.get("extension") or "txt"))
+        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
             f.write(req["code"])
-        template = req.get("command") or ""
+        template = req["command"]
         command = template.replace("{file}", shlex.quote(self.path))
         if command == template:
             command = template + " " + shlex.quote(self.path)
@@ -422,6 +682,339 @@ class FileKernel(Kernel):
 
 
 # ---------------------------------------------------------------------------
+# Requests
+
+
+class BadRequest(Exception):
+    pass
+
+
+def parse_request(line):
+    """A request line as a dict with a valid `op` (and `id` where the op needs one)."""
+    try:
+        req = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest("malformed request (%s): %r" % (exc.__class__.__name__, line[:200]))
+    if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+        raise BadRequest("malformed request (no op): %r" % (line[:200],))
+    if req["op"] in ("exec", "interrupt", "kill", "ping"):
+        rid = req.get("id")
+        if not _is_int(rid) or not 0 <= rid <= MAX_ID:
+            raise BadRequest("malformed %s request: `id` must be an integer from 0 to 2^64-1" % req["op"])
+    return req
+
+
+def exec_problem(req):
+    """Why an exec request cannot run, or None."""
+    lang, code = req.get("lang"), req.get("code")
+    if not isinstance(code, str):
+        return "`code` must be a string"
+    if not isinstance(lang, str) or not LANGUAGE_NAME.match(lang):
+        return "`lang` must be a name of 1 to 64 printable characters"
+    if lang in ("python", "shell"):
+        return None
+    command, extension = req.get("command"), req.get("extension")
+    if not isinstance(command, str) or not command.strip():
+        return "unknown language %r (no command to run it)" % lang
+    if len(command) > MAX_COMMAND or "\x00" in command:
+        return "the command of language %r is over %d characters or holds a NUL" % (lang, MAX_COMMAND)
+    if extension is not None and not (isinstance(extension, str) and EXTENSION.match(extension)):
+        return "the file extension of language %r must be 1 to 16 letters or digits" % lang
+    return None
+
+
+# ---------------------------------------------------------------------------
+# One block
+
+
+def _positioned(msg):
+    return msg.get("t") in ("image", "line")
+
+
+def _new_decoder():
+    return codecs.getincrementaldecoder("utf-8")("replace")
+
+
+class Block:
+    """One `exec` request in one kernel: its output forwarded as frames in order, images
+    and active lines kept in their place, and exactly one `done` at the end.
+
+    Control messages not acted on yet wait in `pending`. An image or active-line
+    message carries `out`, how many bytes of stdout the block had written before it: it
+    is sent once that much stdout has been, so it keeps its place in the output even when
+    the runner reads both pipes late."""
+
+    def __init__(self, runner, rid, kernel, req):
+        self.runner = runner
+        self.rid = rid
+        self.kernel = kernel
+        self.req = req
+        self.pids_at_start = pids_limit_hits()
+        self.sel = selectors.DefaultSelector()
+        self.decoders = {}
+        self.fds = {}  # output fd -> "stdout" / "stderr"
+        self.pending = collections.deque()
+        self.sent_out = 0
+        self.submitted = False
+        self.ctl_closed = False
+        self.ended = False
+
+    # -- running
+    def run(self):
+        kernel = self.kernel
+        if kernel.ready:
+            self.submit()
+        if not self.ended:
+            for name, fd in zip(("stdout", "stderr"), kernel.out_fds()):
+                self.fds[fd] = name
+                self.decoders[name] = _new_decoder()
+                self.sel.register(fd, selectors.EVENT_READ, name)
+            if kernel.ctl is not None and not kernel.ctl.eof:
+                self.sel.register(kernel.ctl.fileno(), selectors.EVENT_READ, "ctl")
+            self.sel.register(self.runner.wake_r, selectors.EVENT_READ, "wake")
+        try:
+            while not self.ended:
+                self.step()
+        finally:
+            self.sel.close()
+
+    def submit(self):
+        self.submitted = True
+        try:
+            self.kernel.submit(self.req)
+        except OSError as exc:
+            if isinstance(self.kernel, FileKernel):
+                self.finish({"status": "error", "message": "could not start the %s block: %s" % (self.kernel.lang, exc)})
+                return
+            # A kernel that cannot take its block is useless: its exit ends the block.
+            log("handing a block to the %s interpreter failed: %r" % (self.kernel.lang, exc))
+            self.kernel.terminate()
+
+    def step(self):
+        timeout = self.kernel.poll_interval() if self.submitted else None
+        for key, _ in self.sel.select(timeout):
+            what = key.data
+            if what in ("stdout", "stderr"):
+                # An earlier event of this batch may have read the pipe to its end.
+                if key.fd in self.fds:
+                    self.forward(key.fd)
+            elif what == "wake":
+                try:
+                    os.read(self.runner.wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            elif what == "ctl":
+                self.handle_ctl()
+            if self.ended:
+                return
+        # Reading stdout may have taken control messages off their socket (to place them
+        # in the output): act on them, as select will not report them again.
+        if self.pending:
+            self.handle_ctl()
+        if not self.ended:
+            self.check_kernel()
+
+    def check_kernel(self):
+        kernel = self.kernel
+        if isinstance(kernel, FileKernel):
+            if kernel.finished():
+                self.file_exited()
+        elif kernel.proc.poll() is not None:
+            if kernel.ctl is not None:
+                self.handle_ctl()
+            if not self.ended:
+                self.kernel_exited()
+        elif self.ctl_closed:
+            # `exit` closes the socket too: give the process a moment to be seen gone.
+            try:
+                kernel.proc.wait(timeout=0.3)
+            except subprocess.TimeoutExpired:
+                self.stop_kernel(
+                    "the %s interpreter was replaced or closed oi's control channel (`exec`, closed "
+                    "descriptors); a new one starts with the next block" % kernel.lang
+                )
+        elif self.submitted and kernel.poll():
+            self.handle_ctl()
+            if not self.ended:
+                self.stop_kernel(
+                    "the block changed the shell so that it no longer reports the end of blocks (for example a "
+                    "DEBUG trap with extdebug, a function named `builtin`, closed descriptors); a new shell starts "
+                    "with the next block"
+                )
+
+    # -- output
+    def send_output(self, name, text):
+        if text and self.submitted:
+            send({"type": name, "id": self.rid, "data": text})
+
+    def emit(self, msg):
+        if not self.submitted:
+            return
+        if msg["t"] == "image":
+            send({"type": "image", "id": self.rid, "format": msg["format"], "data": msg["data"]})
+        else:
+            send({"type": "active_line", "id": self.rid, "line": msg["line"]})
+
+    def emit_reached(self):
+        pending = self.pending
+        while pending and _positioned(pending[0]) and pending[0]["out"] <= self.sent_out:
+            self.emit(pending.popleft())
+
+    def send_text(self, name, data):
+        if name != "stdout" or not self.submitted:
+            self.send_output(name, self.decoders[name].decode(data))
+            return
+        if self.ctl_registered():
+            self.pending.extend(self.read_ctl())
+        self.emit_reached()
+        while data:
+            part = data
+            if self.pending and _positioned(self.pending[0]):
+                part = data[: max(0, self.pending[0]["out"] - self.sent_out)] or data
+            data = data[len(part) :]
+            self.send_output(name, self.decoders[name].decode(part))
+            self.sent_out += len(part)
+            self.emit_reached()
+
+    def forward(self, fd, final=False):
+        """Reads what is waiting on one output pipe; False at end of file."""
+        name = self.fds[fd]
+        while True:
+            try:
+                data = os.read(fd, READ_CHUNK)
+            except BlockingIOError:
+                return True
+            except OSError:
+                data = b""
+            if not data:
+                self.sel.unregister(fd)
+                del self.fds[fd]
+                self.send_output(name, self.decoders[name].decode(b"", final=True))
+                return False
+            self.send_text(name, data)
+            if not final and len(data) < READ_CHUNK:
+                return True
+
+    def drain(self):
+        for fd in list(self.fds):
+            self.forward(fd, final=True)
+        for name, dec in self.decoders.items():
+            self.send_output(name, dec.decode(b"", final=True))
+
+    # -- control
+    def ctl_registered(self):
+        ctl = self.kernel.ctl
+        return ctl is not None and not self.ctl_closed and ctl.fileno() in self.sel.get_map()
+
+    def read_ctl(self):
+        msgs = []
+        for line in self.kernel.ctl.read():
+            if line is EOF:
+                msgs.append({"t": "eof"})
+            elif line is OVERSIZE:
+                msgs.append({"t": "notice", "message": "a control message over %d MiB from the interpreter was dropped" % (MAX_CTL_LINE // 2**20)})
+            else:
+                msg = self.kernel.parse_ctl(line)
+                if msg is not None:
+                    msgs.append(msg)
+        return msgs
+
+    def handle_ctl(self):
+        """Acts on the control messages waiting; sets `ended` once the block is over."""
+        if self.ctl_registered():
+            self.pending.extend(self.read_ctl())
+        while self.pending and not self.ended:
+            msg = self.pending[0]
+            if _positioned(msg):
+                # The stdout before it is in the pipe already: read it first.
+                for fd, name in list(self.fds.items()):
+                    if name == "stdout":
+                        self.forward(fd)
+                if self.pending and self.pending[0] is msg:
+                    # The counts disagree (code wrote to fd 1 directly): send it now.
+                    self.emit(self.pending.popleft())
+                continue
+            self.pending.popleft()
+            kind = msg["t"]
+            if kind == "eof":
+                if not self.ctl_closed:
+                    self.ctl_closed = True
+                    self.sel.unregister(self.kernel.ctl.fileno())
+            elif kind == "notice":
+                if self.submitted:
+                    send({"type": "notice", "id": self.rid, "message": msg["message"]})
+            elif kind == "ready":
+                # Anything printed while the interpreter started (bash's job-control
+                # warnings) is not the block's output.
+                self.drain()
+                for name in self.decoders:
+                    self.decoders[name] = _new_decoder()
+                self.kernel.ready = True
+                if not self.submitted:
+                    self.submit()
+            elif kind == "done" and self.submitted:
+                self.drain()
+                while self.pending:
+                    late = self.pending.popleft()
+                    if _positioned(late):
+                        self.emit(late)
+                self.finish({"status": msg["status"], "exit_code": msg.get("exit_code")})
+
+    # -- the end
+    def finish(self, frame):
+        # A block that ran into the process limit (a fork bomb) must not leave the
+        # session unable to start anything: stop what it left running.
+        kernel = self.kernel
+        if pids_limit_hits() > self.pids_at_start and kernel.stateful and kernel.alive():
+            pid = kernel.proc.pid
+            strays = [p for p in session_members(pid) if p != pid]
+            if strays:
+                kill_session(pid, spare=(pid,))
+                send(
+                    {
+                        "type": "notice",
+                        "id": self.rid,
+                        "message": "the block reached the sandbox's process limit; its %d leftover "
+                        "processes were stopped so that the session stays usable" % len(strays),
+                    }
+                )
+        frame = {k: v for k, v in frame.items() if v is not None}
+        frame.update({"type": "done", "id": self.rid})
+        send(frame)
+        self.ended = True
+
+    def stop_kernel(self, message):
+        """Ends the block as crashed and the kernel with it (the next block starts a new
+        one): for a kernel that can no longer be trusted to say when blocks end."""
+        self.kernel.terminate()
+        self.kernel.stopped_why = "the %s interpreter was stopped at the end of the previous block" % self.kernel.lang
+        self.drain()
+        self.finish({"status": "crashed", "message": message})
+
+    def file_exited(self):
+        kernel = self.kernel
+        self.drain()
+        code = kernel.proc.returncode
+        if kernel.interrupted or kernel.kill_requested:
+            self.finish({"status": "interrupted", "exit_code": code})
+        elif code < 0:
+            self.finish({"status": "crashed", "message": describe_exit(kernel.lang, code).replace("interpreter", "process")})
+        else:
+            self.finish({"status": "ok" if code == 0 else "error", "exit_code": code})
+
+    def kernel_exited(self):
+        kernel = self.kernel
+        self.drain()
+        code = kernel.proc.returncode
+        if kernel.kill_requested:
+            message = "the %s interpreter did not stop on interrupt and was restarted: its state was lost"
+            self.finish({"status": "interrupted", "message": message % kernel.lang})
+        else:
+            message = "%s; the next block starts a new one (state was lost)" % describe_exit(kernel.lang, code)
+            self.finish({"status": "crashed", "exit_code": code if code >= 0 else None, "message": message})
+
+
+# ---------------------------------------------------------------------------
 # The runner
 
 
@@ -438,32 +1031,48 @@ class Runner:
     def read_requests(self):
         stdin = sys.stdin.buffer
         while True:
-            line = stdin.readline()
+            line = stdin.readline(MAX_REQUEST_LINE + 1)
             if not line:
-                self.requests.put({"op": "shutdown"})
-                return
-            try:
-                req = json.loads(line)
-                op = req["op"]
-            except (ValueError, KeyError, TypeError):
-                send({"type": "error", "id": None, "message": "malformed request: %r" % line[:200]})
+                abandon("end of stdin (the host went away)")
+            if not line.endswith(b"\n") and len(line) > MAX_REQUEST_LINE:
+                while line and not line.endswith(b"\n"):
+                    line = stdin.readline(READ_CHUNK)
+                send({"type": "error", "id": None, "message": "a request over %d MiB was ignored" % (MAX_REQUEST_LINE // 2**20)})
                 continue
-            if op in ("interrupt", "kill"):
-                with self.lock:
-                    current = self.current
-                if current is not None and current[0] == req.get("id"):
-                    kernel = current[1]
-                    if op == "interrupt":
-                        kernel.interrupt()
-                    else:
-                        kernel.kill()
-                    os.write(self.wake_w, b"x")
-            elif op == "ping":
-                send({"type": "pong", "id": req.get("id")})
-            else:
-                self.requests.put(req)
-                if op == "shutdown":
-                    return
+            try:
+                self.take_request(parse_request(line))
+            except BadRequest as exc:
+                send({"type": "error", "id": None, "message": str(exc)})
+            except Exception as exc:  # the stdin thread must outlive any one request
+                log("internal error on a request: %r" % (exc,))
+                send({"type": "error", "id": None, "message": "oi runner error: %r" % (exc,)})
+
+    def take_request(self, req):
+        op = req["op"]
+        if op in ("interrupt", "kill"):
+            with self.lock:
+                current = self.current
+            if current is not None and current[0] == req["id"]:
+                kernel = current[1]
+                if op == "interrupt":
+                    kernel.interrupt()
+                else:
+                    kernel.kill()
+                os.write(self.wake_w, b"x")
+        elif op == "ping":
+            send({"type": "pong", "id": req["id"]})
+        elif op == "shutdown":
+            abandon("asked to shut down")
+        else:
+            self.requests.put(req)
+
+    def stop_all(self):
+        """Kills every kernel and what it started (any thread; for abandon)."""
+        with self.lock:
+            current = self.current
+        kernels = list(self.kernels.values()) + ([current[1]] if current else [])
+        for kernel in kernels:
+            kernel.terminate()
 
     # -- main thread
     def serve(self):
@@ -484,251 +1093,53 @@ class Runner:
         self.kernel("python")
         while True:
             req = self.requests.get()
-            op = req.get("op")
-            if op == "shutdown":
-                break
-            if op != "exec":
-                send({"type": "error", "id": req.get("id"), "message": "unknown op %r" % op})
+            if req["op"] != "exec":
+                send({"type": "error", "id": req.get("id") if _is_int(req.get("id")) else None, "message": "unknown op %r" % req["op"][:64]})
                 continue
             try:
                 self.execute(req)
             except Exception as exc:  # the runner must outlive any one block
                 log("internal error: %r" % (exc,))
-                send({"type": "done", "id": req.get("id"), "status": "crashed", "message": "oi runner error: %r" % (exc,)})
-        for kernel in self.kernels.values():
-            kernel.close()
+                send({"type": "done", "id": req["id"], "status": "crashed", "message": "oi runner error: %r" % (exc,)})
 
     def kernel(self, lang):
         kernel = self.kernels.get(lang)
-        if kernel is not None and kernel.alive():
+        if kernel is not None and kernel.alive() and kernel.stopped_why is None:
             return kernel, None
         notice = None
         if kernel is not None:
-            notice = "%s; started a new one: its state (variables, imports, working directory) was lost" % describe_exit(
-                lang, kernel.proc.returncode if kernel.proc else None
-            )
+            why = kernel.stopped_why or describe_exit(lang, kernel.proc.returncode if kernel.proc else None)
+            notice = "%s; started a new one: its state (variables, imports, working directory) was lost" % why
             kernel.close()
         kernel = PythonKernel(self.wake_w) if lang == "python" else ShellKernel(self.wake_w)
-        kernel.start()
         self.kernels[lang] = kernel
+        kernel.start()
         return kernel, notice
 
     def execute(self, req):
-        rid = req.get("id")
-        lang = req.get("lang")
+        rid = req["id"]
+        problem = exec_problem(req)
+        if problem is not None:
+            send({"type": "done", "id": rid, "status": "error", "message": "oi runner refused the block: %s" % problem})
+            return
+        lang = req["lang"]
         if lang in ("python", "shell"):
             kernel, notice = self.kernel(lang)
             if notice:
                 send({"type": "notice", "id": rid, "message": notice})
-        elif req.get("command"):
-            kernel = FileKernel(self.wake_w, lang)
         else:
-            send({"type": "done", "id": rid, "status": "error", "message": "unknown language %r" % lang})
-            return
+            kernel = FileKernel(self.wake_w, lang)
         kernel.interrupted = False
         kernel.kill_requested = False
         with self.lock:
             self.current = (rid, kernel)
         try:
-            self._run(rid, kernel, req)
+            Block(self, rid, kernel, req).run()
         finally:
             with self.lock:
                 self.current = None
             if isinstance(kernel, FileKernel):
                 kernel.cleanup()
-
-    def _run(self, rid, kernel, req):
-        pids_at_start = pids_limit_hits()
-        decoders = {}
-        sel = selectors.DefaultSelector()
-        submitted = False
-        if kernel.ready:
-            kernel.submit(req)
-            submitted = True
-        fds = {}
-        for name, fd in zip(("stdout", "stderr"), kernel.out_fds()):
-            fds[fd] = name
-            decoders[name] = codecs.getincrementaldecoder("utf-8")("replace")
-            sel.register(fd, selectors.EVENT_READ, name)
-        if kernel.ctl_r is not None:
-            sel.register(kernel.ctl_r, selectors.EVENT_READ, "ctl")
-        sel.register(self.wake_r, selectors.EVENT_READ, "wake")
-
-        # Control messages not acted on yet. An image or active-line message carries
-        # `out`, how many bytes of stdout the block had written before it: it is sent
-        # once that much stdout has been, so it keeps its place in the output even
-        # when the runner reads both pipes late.
-        pending = collections.deque()
-        sent_out = 0
-
-        def positioned(msg):
-            return msg is not None and msg.get("t") in ("image", "line")
-
-        def emit(msg):
-            if not submitted:
-                return
-            if msg["t"] == "image":
-                send({"type": "image", "id": rid, "format": msg.get("format", "png"), "data": msg["data"]})
-            else:
-                send({"type": "active_line", "id": rid, "line": msg["line"]})
-
-        def emit_reached():
-            while pending and positioned(pending[0]) and pending[0].get("out", 0) <= sent_out:
-                emit(pending.popleft())
-
-        def send_text(name, data):
-            nonlocal sent_out
-            if name != "stdout" or not submitted:
-                text = decoders[name].decode(data)
-                if text and submitted:
-                    send({"type": name, "id": rid, "data": text})
-                return
-            if kernel.ctl_r is not None and kernel.ctl_r in sel.get_map():
-                pending.extend(kernel.read_ctl())
-            emit_reached()
-            while data:
-                part = data
-                if pending and positioned(pending[0]):
-                    part = data[: max(0, pending[0].get("out", 0) - sent_out)] or data
-                data = data[len(part):]
-                text = decoders[name].decode(part)
-                if text:
-                    send({"type": name, "id": rid, "data": text})
-                sent_out += len(part)
-                emit_reached()
-
-        def forward(fd, final=False):
-            """Reads what is waiting on one output pipe; False at end of file."""
-            name = fds[fd]
-            while True:
-                try:
-                    data = os.read(fd, READ_CHUNK)
-                except BlockingIOError:
-                    return True
-                except OSError:
-                    data = b""
-                if not data:
-                    sel.unregister(fd)
-                    del fds[fd]
-                    tail = decoders[name].decode(b"", final=True)
-                    if tail and submitted:
-                        send({"type": name, "id": rid, "data": tail})
-                    return False
-                send_text(name, data)
-                if not final and len(data) < READ_CHUNK:
-                    return True
-
-        def drain():
-            for fd in list(fds):
-                forward(fd, final=True)
-            for name, dec in decoders.items():
-                tail = dec.decode(b"", final=True)
-                if tail and submitted:
-                    send({"type": name, "id": rid, "data": tail})
-
-        def finish(frame):
-            # A block that ran into the process limit (a fork bomb) must not leave the
-            # session unable to start anything: stop what it left running.
-            if pids_limit_hits() > pids_at_start and kernel.stateful and kernel.alive():
-                pid = kernel.proc.pid
-                strays = [p for p in session_members(pid) if p != pid]
-                if strays:
-                    kill_session(pid, spare=(pid,))
-                    send(
-                        {
-                            "type": "notice",
-                            "id": rid,
-                            "message": "the block reached the sandbox's process limit; its %d leftover "
-                            "processes were stopped so that the session stays usable" % len(strays),
-                        }
-                    )
-            frame = {k: v for k, v in frame.items() if v is not None}
-            frame.update({"type": "done", "id": rid})
-            send(frame)
-            sel.close()
-
-        def handle_ctl():
-            """Acts on the control messages waiting; True once the block has ended."""
-            nonlocal submitted
-            pending.extend(kernel.read_ctl())
-            while pending:
-                msg = pending[0]
-                if positioned(msg):
-                    # The stdout before it is in the pipe already: read it first.
-                    for fd, name in list(fds.items()):
-                        if name == "stdout":
-                            forward(fd)
-                    if pending and pending[0] is msg:
-                        # The counts disagree (code wrote to fd 1 directly): send it now.
-                        emit(pending.popleft())
-                    continue
-                pending.popleft()
-                if msg is None:
-                    if kernel.ctl_r in sel.get_map():
-                        sel.unregister(kernel.ctl_r)
-                    continue
-                kind = msg.get("t")
-                if kind == "ready":
-                    # Anything printed while the interpreter started (bash's job-control
-                    # warnings) is not the block's output.
-                    drain()
-                    for name in decoders:
-                        decoders[name] = codecs.getincrementaldecoder("utf-8")("replace")
-                    kernel.ready = True
-                    if not submitted:
-                        kernel.submit(req)
-                        submitted = True
-                elif kind == "done" and submitted:
-                    drain()
-                    while pending:
-                        late = pending.popleft()
-                        if positioned(late):
-                            emit(late)
-                    finish({"status": msg["status"], "exit_code": msg.get("exit_code")})
-                    return True
-            return False
-
-        while True:
-            for key, _ in sel.select():
-                what = key.data
-                if what in ("stdout", "stderr"):
-                    # An earlier event of this batch may have read the pipe to its end.
-                    if key.fd in fds:
-                        forward(key.fd)
-                elif what == "wake":
-                    try:
-                        os.read(self.wake_r, 4096)
-                    except BlockingIOError:
-                        pass
-                elif what == "ctl" and handle_ctl():
-                    return
-            # Reading stdout may have taken control messages off their pipe (to place
-            # them in the output): act on them, as select will not report them again.
-            if pending and handle_ctl():
-                return
-            if isinstance(kernel, FileKernel):
-                if kernel.finished():
-                    drain()
-                    code = kernel.proc.returncode
-                    if kernel.interrupted or kernel.kill_requested:
-                        finish({"status": "interrupted", "exit_code": code})
-                    elif code < 0:
-                        finish({"status": "crashed", "message": describe_exit(kernel.lang, code).replace("interpreter", "process")})
-                    else:
-                        finish({"status": "ok" if code == 0 else "error", "exit_code": code})
-                    return
-            elif kernel.proc.poll() is not None:
-                if kernel.ctl_r is not None and handle_ctl():
-                    return
-                drain()
-                code = kernel.proc.returncode
-                if kernel.kill_requested:
-                    message = "the %s interpreter did not stop on interrupt and was restarted: its state was lost"
-                    finish({"status": "interrupted", "message": message % kernel.lang})
-                else:
-                    message = "%s; the next block starts a new one (state was lost)" % describe_exit(kernel.lang, code)
-                    finish({"status": "crashed", "exit_code": code if code >= 0 else None, "message": message})
-                return
 
 
 def prepare_environment():
@@ -745,12 +1156,29 @@ def prepare_environment():
             pass
 
 
-def main():
+def main(argv):
+    global _runner
+    # `--host`: the unsandboxed backend, on the user's own machine: no filter there.
+    _on_host[0] = "--host" in argv[1:]
+    if not _on_host[0]:
+        try:
+            oi_guard.install_file_mode_filter()
+        except OSError as exc:
+            log("refusing to run code: the filter against setuid files could not be installed: %s" % exc)
+            sys.exit(3)
+    OomScore.open()
+    try:
+        oi_guard.make_undumpable()
+    except OSError as exc:
+        log("could not make the runner non-dumpable: %s" % exc)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # Writes to a closed pipe fail with EPIPE instead of killing the runner: a broken
+    # stdout ends it through abandon(), a dead kernel's socket is that kernel's problem.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     prepare_environment()
-    Runner().serve()
+    _runner = Runner()
+    _runner.serve()
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv)

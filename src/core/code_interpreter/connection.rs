@@ -22,13 +22,19 @@ use tokio_util::sync::CancellationToken;
 use super::error::{Result, SandboxError};
 use super::execution::{ExecEvent, ExecOutcome, ExecStatus, Execution};
 use super::language::{Language, LanguageKind};
-use super::protocol::{Frame, FrameDecoder, Request, RunnerStatus, PROTOCOL_VERSION};
+use super::protocol::{
+    Frame, FrameDecoder, FrameError, Request, RunnerStatus, IMAGE_FORMATS, PROTOCOL_VERSION,
+};
 
 /// Frames buffered per execution before the reader waits for the consumer: bounds
 /// memory (frames are at most 64 KiB of output) while a block floods its output.
 const FRAME_BUFFER: usize = 16;
 /// Events buffered between an execution's task and its reader.
 const EVENT_BUFFER: usize = 16;
+/// How long a runner may stay silent after a `kill` before oi gives up on it: killing
+/// takes it milliseconds, so silence means it is stopped (code can SIGSTOP it: same
+/// user) or wedged. The block then ends as crashed and the session gets a new sandbox.
+const KILL_ANSWER_GRACE: Duration = Duration::from_secs(5);
 
 /// The byte streams of a runner, whatever carries them.
 pub(crate) struct Transport {
@@ -66,6 +72,21 @@ impl Diagnostics {
 
 type Routes = Arc<Mutex<HashMap<u64, mpsc::Sender<Frame>>>>;
 
+/// What went wrong with a runner that oi stopped trusting, shared by the reader and
+/// the executions: when set, the connection is dead and the message says why.
+#[derive(Clone, Default, Debug)]
+struct Failure(Arc<Mutex<Option<String>>>);
+
+impl Failure {
+    fn set(&self, why: String) {
+        self.0.lock().unwrap().get_or_insert(why);
+    }
+
+    fn get(&self) -> Option<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
 /// Timing of interrupts: how long an interrupted block may take to stop before its
 /// interpreter is killed.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +101,7 @@ pub(crate) struct RunnerConnection {
     alive: Arc<std::sync::atomic::AtomicBool>,
     closed: CancellationToken,
     diagnostics: Diagnostics,
+    failure: Failure,
     exclusive: Arc<tokio::sync::Mutex<()>>,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -95,13 +117,17 @@ impl RunnerConnection {
         let routes: Routes = Arc::default();
         let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let closed = CancellationToken::new();
+        let failure = Failure::default();
         let (hello_tx, hello_rx) = oneshot::channel();
         let reader = tokio::spawn(read_frames(
             output,
-            routes.clone(),
-            alive.clone(),
-            closed.clone(),
-            diagnostics.clone(),
+            Reader {
+                routes: routes.clone(),
+                alive: alive.clone(),
+                closed: closed.clone(),
+                diagnostics: diagnostics.clone(),
+                failure: failure.clone(),
+            },
             hello_tx,
         ));
         let conn = RunnerConnection {
@@ -111,6 +137,7 @@ impl RunnerConnection {
             alive,
             closed,
             diagnostics,
+            failure,
             exclusive: Arc::default(),
             reader,
         };
@@ -133,7 +160,8 @@ impl RunnerConnection {
         }
     }
 
-    /// Whether the runner is still there (its output has not ended).
+    /// Whether the runner is still there and trusted (its output has not ended, it
+    /// has not broken the protocol, it answered its last kill).
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::SeqCst)
     }
@@ -186,7 +214,9 @@ impl RunnerConnection {
             events: event_tx,
             cancel: cancel.clone(),
             closed: self.closed.clone(),
+            alive: self.alive.clone(),
             diagnostics: self.diagnostics.clone(),
+            failure: self.failure.clone(),
             timeout,
             escalation,
             _turn: turn,
@@ -263,14 +293,27 @@ async fn write_request(
         .map_err(SandboxError::io("writing to the sandbox runner"))
 }
 
-async fn read_frames(
-    mut output: BoxStream<'static, std::io::Result<Bytes>>,
+/// What the frame reader shares with the connection.
+struct Reader {
     routes: Routes,
     alive: Arc<std::sync::atomic::AtomicBool>,
     closed: CancellationToken,
     diagnostics: Diagnostics,
+    failure: Failure,
+}
+
+async fn read_frames(
+    mut output: BoxStream<'static, std::io::Result<Bytes>>,
+    reader: Reader,
     hello: oneshot::Sender<std::result::Result<(), String>>,
 ) {
+    let Reader {
+        routes,
+        alive,
+        closed,
+        diagnostics,
+        failure,
+    } = reader;
     let mut hello = Some(hello);
     let mut decoder = FrameDecoder::default();
     'read: loop {
@@ -291,10 +334,16 @@ async fn read_frames(
         while let Some(frame) = decoder.next_frame() {
             let frame = match frame {
                 Ok(frame) => frame,
-                Err(garbage) => {
-                    diagnostics
-                        .push(format!("unreadable frame from the runner: {garbage}\n").as_bytes());
+                Err(err @ FrameError::Unreadable(_)) => {
+                    diagnostics.push(format!("{err}\n").as_bytes());
                     continue;
+                }
+                Err(err @ FrameError::TooLong) => {
+                    // Reading on would mean buffering without bound: give up on it.
+                    failure.set(format!(
+                        "{err}; oi stopped reading it: the next block starts a new sandbox and all state was lost"
+                    ));
+                    break 'read;
                 }
             };
             if let Frame::Hello { v, .. } = &frame {
@@ -347,7 +396,9 @@ struct ExecTask {
     events: mpsc::Sender<ExecEvent>,
     cancel: CancellationToken,
     closed: CancellationToken,
+    alive: Arc<std::sync::atomic::AtomicBool>,
     diagnostics: Diagnostics,
+    failure: Failure,
     timeout: Option<Duration>,
     escalation: Escalation,
     _turn: OwnedMutexGuard<()>,
@@ -375,6 +426,8 @@ impl ExecTask {
         let mut stop: Option<StopReason> = None;
         let mut kill_at = far;
         let mut killed = false;
+        // After a kill: when oi stops waiting for the runner (moved on by every frame).
+        let mut give_up_at = far;
         loop {
             let frame = tokio::select! {
                 biased;
@@ -393,26 +446,22 @@ impl ExecTask {
                 _ = tokio::time::sleep_until(kill_at), if !killed => {
                     killed = true;
                     self.request(Request::Kill { v: PROTOCOL_VERSION, id: self.id }).await;
+                    give_up_at = Instant::now() + KILL_ANSWER_GRACE;
                     continue;
                 }
+                _ = tokio::time::sleep_until(give_up_at), if killed => return self.unanswered(),
                 frame = self.frames.recv() => frame,
             };
+            if killed {
+                give_up_at = Instant::now() + KILL_ANSWER_GRACE;
+            }
             let event = match frame {
                 None => return self.lost(),
                 Some(Frame::Stdout { data, .. }) => ExecEvent::Stdout { text: data },
                 Some(Frame::Stderr { data, .. }) => ExecEvent::Stderr { text: data },
                 Some(Frame::Notice { message, .. }) => ExecEvent::Notice { message },
                 Some(Frame::ActiveLine { line, .. }) => ExecEvent::ActiveLine { line },
-                Some(Frame::Image { format, data, .. }) => {
-                    match base64::engine::general_purpose::STANDARD.decode(data.as_bytes()) {
-                        Ok(data) => ExecEvent::Image { format, data },
-                        Err(err) => ExecEvent::Notice {
-                            message: format!(
-                                "an image from the sandbox could not be decoded: {err}"
-                            ),
-                        },
-                    }
-                }
+                Some(Frame::Image { format, data, .. }) => image_event(format, &data),
                 Some(Frame::Error { message, .. }) => ExecEvent::Stderr {
                     text: format!("oi runner: {message}\n"),
                 },
@@ -469,6 +518,24 @@ impl ExecTask {
         }
     }
 
+    /// The runner did not answer a kill: it is stopped or wedged. The connection is
+    /// marked dead so that the session starts a new sandbox for the next block.
+    fn unanswered(&self) -> ExecOutcome {
+        let why = format!(
+            "the sandbox runner stopped answering: the block did not end within {} of being \
+             killed (code in the sandbox may have stopped the runner); the next block starts a \
+             new sandbox and all state was lost",
+            human(KILL_ANSWER_GRACE)
+        );
+        self.failure.set(why.clone());
+        self.alive.store(false, Ordering::SeqCst);
+        ExecOutcome {
+            status: ExecStatus::Crashed,
+            exit_code: None,
+            message: Some(why),
+        }
+    }
+
     fn lost(&self) -> ExecOutcome {
         let detail = self.diagnostics.text();
         let detail = detail.trim();
@@ -478,6 +545,8 @@ impl ExecTask {
         );
         if self.closed.is_cancelled() {
             message = String::from("the sandbox session was closed while the block ran");
+        } else if let Some(why) = self.failure.get() {
+            message = why;
         } else if !detail.is_empty() {
             message.push_str("\nrunner said: ");
             message.push_str(detail);
@@ -490,10 +559,55 @@ impl ExecTask {
     }
 }
 
+/// An image frame as the event it becomes: only formats from the protocol's list, and
+/// only valid base64; anything else is a notice.
+fn image_event(format: String, data: &str) -> ExecEvent {
+    if !IMAGE_FORMATS.contains(&format.as_str()) {
+        return ExecEvent::Notice {
+            message: format!(
+                "an image from the sandbox was dropped: its format is not one of {}",
+                IMAGE_FORMATS.join(", ")
+            ),
+        };
+    }
+    match base64::engine::general_purpose::STANDARD.decode(data.as_bytes()) {
+        Ok(data) => ExecEvent::Image { format, data },
+        Err(err) => ExecEvent::Notice {
+            message: format!("an image from the sandbox could not be decoded: {err}"),
+        },
+    }
+}
+
 fn human(d: Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{} s", d.as_secs())
     } else {
         format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_are_only_taken_in_listed_formats_and_valid_base64() {
+        assert_eq!(
+            image_event("svg+xml".into(), "PHN2Zy8+"),
+            ExecEvent::Image {
+                format: "svg+xml".into(),
+                data: b"<svg/>".to_vec()
+            }
+        );
+        for (format, data) in [
+            ("png/../../x", "AAAA"),
+            ("exe", "AAAA"),
+            ("png", "not base64!"),
+        ] {
+            assert!(
+                matches!(image_event(format.into(), data), ExecEvent::Notice { .. }),
+                "{format} {data}"
+            );
+        }
     }
 }

@@ -29,6 +29,8 @@ pub(crate) async fn start_runner(config: &SandboxConfig) -> Result<(Child, Trans
     command
         .arg("-u")
         .arg(dir.join("runner.py"))
+        // On the user's own machine: no sandbox filter, the system's interpreters.
+        .arg("--host")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

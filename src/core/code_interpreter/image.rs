@@ -41,6 +41,10 @@ const CONTEXT: &[(&str, &[u8])] = &[
         "runner/oi_bashrc",
         include_bytes!("../../../images/runner/oi_bashrc"),
     ),
+    (
+        "runner/oi_guard.py",
+        include_bytes!("../../../images/runner/oi_guard.py"),
+    ),
 ];
 
 /// The runner's files (for the unsandboxed host backend), as (name, contents).

@@ -8,6 +8,16 @@ use serde::{Deserialize, Serialize};
 /// The protocol version this build speaks; the runner announces its own in `hello`.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The longest frame oi reads from a runner, newline excluded. A longer one is a
+/// protocol violation: oi stops reading that runner (the session restarts) instead of
+/// buffering without bound. The runner's largest frame, an image at its 32 MiB limit,
+/// is about 43 MiB of base64.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// The image formats a runner may send (`image` frames), as MIME subtypes of `image/`.
+/// Anything else is refused, whatever the runner says.
+pub const IMAGE_FORMATS: &[&str] = &["png", "jpeg", "gif", "webp", "svg+xml"];
+
 /// A request from oi to the runner.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -120,11 +130,37 @@ impl Frame {
     }
 }
 
-/// Splits the runner's byte stream into frames; a line that is not a frame is
-/// returned as an error with its text, for diagnostics.
+/// Why a line from the runner is not a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// Not JSON, or not a frame: its text (the start of it), for diagnostics. The
+    /// stream goes on.
+    Unreadable(String),
+    /// A line longer than [`MAX_FRAME_BYTES`]: the stream cannot be trusted further.
+    TooLong,
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::Unreadable(text) => write!(f, "unreadable frame from the runner: {text}"),
+            FrameError::TooLong => write!(
+                f,
+                "the runner sent a frame over {} MiB, the protocol's limit",
+                MAX_FRAME_BYTES / (1024 * 1024)
+            ),
+        }
+    }
+}
+
+/// Splits the runner's byte stream into frames, in time linear in the bytes pushed
+/// (each byte is looked at once when searching for the end of its line) and in memory
+/// bounded by [`MAX_FRAME_BYTES`] plus one push.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buf: BytesMut,
+    /// How much of `buf` is known to hold no newline.
+    scanned: usize,
 }
 
 impl FrameDecoder {
@@ -132,10 +168,19 @@ impl FrameDecoder {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// The next complete frame, if a whole line is buffered.
-    pub fn next_frame(&mut self) -> Option<Result<Frame, String>> {
+    /// The next complete frame, if a whole line is buffered. After
+    /// [`FrameError::TooLong`] the decoder should be dropped.
+    pub fn next_frame(&mut self) -> Option<Result<Frame, FrameError>> {
         loop {
-            let end = self.buf.iter().position(|b| *b == b'\n')?;
+            let Some(offset) = self.buf[self.scanned..].iter().position(|b| *b == b'\n') else {
+                self.scanned = self.buf.len();
+                return (self.buf.len() > MAX_FRAME_BYTES).then_some(Err(FrameError::TooLong));
+            };
+            let end = self.scanned + offset;
+            self.scanned = 0;
+            if end > MAX_FRAME_BYTES {
+                return Some(Err(FrameError::TooLong));
+            }
             let line = self.buf.split_to(end);
             self.buf.advance(1);
             if line.iter().all(u8::is_ascii_whitespace) {
@@ -143,7 +188,7 @@ impl FrameDecoder {
             }
             return Some(serde_json::from_slice(&line).map_err(|e| {
                 let text = String::from_utf8_lossy(&line[..line.len().min(300)]).into_owned();
-                format!("{e}: {text}")
+                FrameError::Unreadable(format!("{e}: {text}"))
             }));
         }
     }
@@ -180,7 +225,7 @@ mod tests {
         dec.push(b"{\"type\":\"telemetry\",\"x\":1}\nnot json\n");
         assert!(matches!(dec.next_frame().unwrap().unwrap(), Frame::Unknown));
         let err = dec.next_frame().unwrap().unwrap_err();
-        assert!(err.contains("not json"), "{err}");
+        assert!(err.to_string().contains("not json"), "{err}");
     }
 
     #[test]
