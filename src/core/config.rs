@@ -34,6 +34,8 @@ pub struct RetryPolicy {
     /// The first wait; doubled each time, up to `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// The longest wait a server's `Retry-After` may ask for; longer asks wait this long.
+    pub max_retry_after: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -42,6 +44,7 @@ impl Default for RetryPolicy {
             max_retries: 3,
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(20),
+            max_retry_after: Duration::from_secs(60),
         }
     }
 }

@@ -285,7 +285,7 @@ pub(crate) async fn open_stream<P: Provider + ?Sized, D: FrameDecoder>(
     idle: Duration,
     decoder: D,
 ) -> Result<EventStream> {
-    let response = match http::send(request, failure).await {
+    let response = match http::send(request, failure, idle).await {
         Err(LlmError::UnknownModel { model, url, .. }) => {
             let available = provider.models().await.unwrap_or_default();
             return Err(LlmError::UnknownModel {

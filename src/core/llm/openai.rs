@@ -206,7 +206,12 @@ impl super::FrameDecoder for ChunkDecoder {
         if let Some(error) = value.get("error") {
             return Err(LlmError::Server {
                 url: "the stream".into(),
-                status: error.get("code").and_then(|c| c.as_u64()).unwrap_or(500) as u16,
+                status: error
+                    .get("code")
+                    .and_then(|c| c.as_u64())
+                    .and_then(|c| u16::try_from(c).ok())
+                    .filter(|c| (100..=599).contains(c))
+                    .unwrap_or(500),
                 detail: http::error_detail(&frame.data),
             });
         }
@@ -360,6 +365,14 @@ mod tests {
         assert!(d.end().is_ok());
         let mut d = ChunkDecoder::default();
         assert!(matches!(d.end(), Err(LlmError::Truncated { .. })));
+        // A status in an error body is a number from outside: only real ones are kept.
+        for (code, status) in [("503", 503), ("70000", 500), ("-1", 500), ("1e3", 500)] {
+            let data = format!(r#"{{"error":{{"code":{code},"message":"x"}}}}"#);
+            assert!(
+                matches!(d.frame(frame(&data)), Err(LlmError::Server { status: s, .. }) if s == status),
+                "{code}"
+            );
+        }
         assert!(matches!(
             d.frame(frame("{not json")),
             Err(LlmError::Malformed { .. })

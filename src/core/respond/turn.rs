@@ -173,7 +173,7 @@ impl Worker {
             LlmError::RateLimited {
                 retry_after: Some(after),
                 ..
-            } => (*after).min(Duration::from_secs(60)),
+            } => (*after).min(policy.max_retry_after),
             _ => doubled,
         }
     }
@@ -224,8 +224,11 @@ impl Worker {
                 }
                 StreamEvent::Finished { usage, reason } => {
                     if let Some(u) = usage {
-                        self.usage.input_tokens += u.input_tokens;
-                        self.usage.output_tokens += u.output_tokens;
+                        // Counts from the server: saturating, never a panic.
+                        self.usage.input_tokens =
+                            self.usage.input_tokens.saturating_add(u.input_tokens);
+                        self.usage.output_tokens =
+                            self.usage.output_tokens.saturating_add(u.output_tokens);
                     }
                     cut_short = reason == FinishReason::Length;
                     break Ok(());
