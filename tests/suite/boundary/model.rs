@@ -271,6 +271,7 @@ async fn run_measured(cmd: &mut tokio::process::Command) -> Run {
         );
     };
     let elapsed = started.elapsed();
+    eprintln!("oi ran for {elapsed:?}, peak RSS {peak} KiB");
     Run {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.await.unwrap()).into_owned(),
@@ -477,4 +478,56 @@ async fn endless_error_bodies_and_model_lists_are_read_in_part() {
     );
     assert!(started.elapsed() < Duration::from_secs(40));
     conv.shutdown().await;
+}
+
+// ---- D10: SSE parsing ----------------------------------------------------------------------
+
+/// A 50 MB SSE line took 90 s to parse (the buffer was rescanned from its start for
+/// every read) and was held whole. Now a line is refused once it passes 16 MiB, after
+/// one linear pass over what arrived.
+#[tokio::test]
+async fn d10_a_50_mb_sse_line_is_refused_in_linear_time() {
+    if image().is_none() {
+        return;
+    }
+    let prefix = r#"data: {"choices":[{"index":0,"delta":{"content":""#;
+    let server = ScriptedServer::start(vec![Reply::Stream(vec![
+        Step::Raw(prefix.into()),
+        Step::Repeat {
+            bytes: "a".repeat(1 << 16),
+            times: 50_000_000 / (1 << 16), // 50 MB
+        },
+        Step::Raw("\"}}]}\n\n".into()),
+        openai::finish("stop"),
+        openai::done(),
+    ])])
+    .await;
+    let home = Home::new();
+    let r = run_measured(&mut home.oi(&server, "hi")).await;
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    let shown = format!("{prefix}{}", "a".repeat(200 - prefix.len()));
+    assert_eq!(
+        r.errors(),
+        vec![(
+            "malformed".to_string(),
+            format!(
+                "the model server sent malformed data (a line or event of its stream is \
+                 longer than 16 MiB, the most oi reads): {shown}…"
+            )
+        )]
+    );
+    // Generous bounds: the machine is shared. Quadratic, this was minutes.
+    assert!(r.elapsed < Duration::from_secs(30), "{:?}", r.elapsed);
+    assert!(
+        r.peak_rss_kib < 100 * 1024,
+        "peak RSS {} KiB",
+        r.peak_rss_kib
+    );
+    assert_eq!(server.requests().len(), 1, "not retried");
+    let saved = home.saved();
+    assert_eq!(
+        std::fs::read_to_string(&saved[0]).unwrap().lines().count(),
+        1
+    );
+    assert_eq!(home.containers_left().await, Vec::<String>::new());
 }
