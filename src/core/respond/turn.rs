@@ -16,7 +16,7 @@ use super::prompt::{self, OutputBuffer, DECLINED};
 use super::{Answer, Event, SessionSlot, TurnEnd, Worker};
 use crate::core::code_interpreter::{ExecEvent, ExecOutcome, ExecRequest, ExecStatus, Session};
 use crate::core::llm::repair::{self, CodeRequest, FenceParser, TextPiece};
-use crate::core::llm::{EventStream, FinishReason, LlmError, StreamEvent};
+use crate::core::llm::{self, EventStream, FinishReason, LlmError, StreamEvent, MAX_TOOL_CALLS};
 use crate::core::messages::{Chunk, Message, MessageType, Role, FORMAT_ACTIVE_LINE, FORMAT_OUTPUT};
 
 /// Why a step stopped the turn early.
@@ -217,11 +217,14 @@ impl Worker {
                     id: _,
                     name,
                     arguments,
-                } => {
-                    for event in r.tool_delta(index, name, &arguments, self) {
-                        self.emit(event).await;
+                } => match r.tool_delta(index, name, &arguments, self) {
+                    Ok(events) => {
+                        for event in events {
+                            self.emit(event).await;
+                        }
                     }
-                }
+                    Err(e) => break Err(Stop::Model(e)),
+                },
                 StreamEvent::Finished { usage, reason } => {
                     if let Some(u) = usage {
                         // Counts from the server: saturating, never a panic.
@@ -631,6 +634,8 @@ struct ReplyReader {
 
 #[derive(Default)]
 struct Call {
+    /// The index the provider gave it: a key, never a position.
+    key: usize,
     name: String,
     arguments: String,
     /// The format its code chunks were started with, if streaming live.
@@ -797,26 +802,38 @@ impl ReplyReader {
         self.show_prose(&held, out);
     }
 
+    /// A piece of tool call `index` (a key: calls are kept in order of appearance, at
+    /// most [`MAX_TOOL_CALLS`], whatever numbers a provider uses).
     fn tool_delta(
         &mut self,
         index: usize,
         name: Option<String>,
         arguments: &str,
         worker: &Worker,
-    ) -> Vec<Event> {
+    ) -> Result<Vec<Event>, LlmError> {
         let mut out = Vec::new();
-        while self.calls.len() <= index {
-            self.calls.push(Call::default());
-        }
-        let call = &mut self.calls[index];
+        let slot = match self.calls.iter().position(|c| c.key == index) {
+            Some(slot) => slot,
+            None if self.calls.len() >= MAX_TOOL_CALLS => {
+                return Err(llm::too_many_calls(format!("tool call {index}")))
+            }
+            None => {
+                self.calls.push(Call {
+                    key: index,
+                    ..Call::default()
+                });
+                self.calls.len() - 1
+            }
+        };
+        let call = &mut self.calls[slot];
         if let Some(name) = name {
             call.name.push_str(&name);
         }
         call.arguments.push_str(arguments);
         // Only the first call streams live: later ones are shown when they run, so that
         // each block's output follows it.
-        if index != 0 {
-            return out;
+        if slot != 0 {
+            return Ok(out);
         }
         if self.prose_open || !self.held.is_empty() {
             self.release_held(&mut out);
@@ -825,7 +842,7 @@ impl ReplyReader {
         let call = &mut self.calls[0];
         let (language, code) = repair::partial_arguments(&call.arguments);
         let Some(code) = code else {
-            return out;
+            return Ok(out);
         };
         if call.streamed_as.is_none() {
             let Some(format) = language.and_then(|l| {
@@ -837,7 +854,7 @@ impl ReplyReader {
                     .ok()
                     .map(|l| l.name.clone())
             }) else {
-                return out;
+                return Ok(out);
             };
             out.push(Event::Chunk(Chunk::start(
                 Role::Assistant,
@@ -857,7 +874,7 @@ impl ReplyReader {
             )));
             call.streamed_len = code.len();
         }
-        out
+        Ok(out)
     }
 
     /// The end of the reply, complete or not: closes what is open and turns tool calls

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use oi::core::code_interpreter::Backend;
 use oi::core::config::Config;
 use oi::core::llm::Endpoint;
+use oi::core::messages::MessageType;
 use oi::core::respond::{Answer, Conversation, Event, Request, TurnEnd};
 use serde_json::Value;
 
@@ -530,4 +531,121 @@ async fn d10_a_50_mb_sse_line_is_refused_in_linear_time() {
         1
     );
     assert_eq!(home.containers_left().await, Vec::<String>::new());
+}
+
+// ---- D7: tool-call indexes -------------------------------------------------------------
+
+/// A reply calling `execute` once, under the server's own index.
+fn execute_at(index: usize, code: &str) -> Reply {
+    let arguments = serde_json::json!({"language": "python", "code": code}).to_string();
+    let mut steps = openai::tool_call(index, "call_1", "execute", &arguments);
+    steps.push(openai::finish("tool_calls"));
+    steps.push(openai::done());
+    Reply::Stream(steps)
+}
+
+/// `"index": 2000000` made oi allocate 11.6 GB (calls were pushed up to the index) and
+/// write a 488 MB conversation; `1000000000000` aborted it. An index is a key: each of
+/// these replies is one call, which runs.
+#[tokio::test]
+async fn d7_a_huge_tool_call_index_is_a_key_not_an_allocation() {
+    if image().is_none() {
+        return;
+    }
+    let server = ScriptedServer::start(vec![
+        execute_at(2_000_000, "print(6*7)"),
+        execute_at(1_000_000_000_000, "print('ok')"),
+        openai::text(&["Done."]),
+    ])
+    .await;
+    let home = Home::new();
+    let r = run_measured(&mut home.oi(&server, "hi")).await;
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let lines = r.json();
+    let console: String = lines
+        .iter()
+        .filter(|l| l["type"] == "console" && l["format"] == "output")
+        .filter_map(|l| l["content"].as_str())
+        .collect();
+    assert_eq!(console, "42\nok\n");
+    // The first call streamed live, as a call at index 0 does.
+    assert_eq!(
+        lines[1],
+        serde_json::json!({"role": "assistant", "type": "code", "format": "python", "start": true})
+    );
+    assert!(
+        r.peak_rss_kib < 100 * 1024,
+        "peak RSS {} KiB",
+        r.peak_rss_kib
+    );
+    // What went back to the model: one call and its result each time.
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3);
+    let messages = requests[2].body["messages"].as_array().unwrap();
+    let tool_results: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(tool_results, ["42\n", "ok\n"]);
+    let saved = home.saved();
+    let size = std::fs::metadata(&saved[0]).unwrap().len();
+    assert!(size < 4096, "the saved conversation is {size} bytes");
+    assert_eq!(home.containers_left().await, Vec::<String>::new());
+}
+
+/// More than MAX_TOOL_CALLS (16) calls in one reply, under wild indexes: a clear
+/// error, nothing runs, the conversation stays consistent and the next message works.
+#[tokio::test]
+async fn d7_more_than_16_tool_calls_in_one_reply_are_refused() {
+    let arguments = serde_json::json!({"language": "python", "code": "print(1)"}).to_string();
+    let mut steps = Vec::new();
+    for i in 0..17 {
+        steps.extend(openai::tool_call(
+            i * 1_000_003,
+            &format!("call_{i}"),
+            "execute",
+            &arguments,
+        ));
+    }
+    steps.push(openai::finish("tool_calls"));
+    steps.push(openai::done());
+    let server = ScriptedServer::start(vec![Reply::Stream(steps), openai::text(&["Fine."])]).await;
+    let Some(mut conv) = chat(&server, |_| {}).await else {
+        return;
+    };
+    let t = turn(&mut conv, "call many").await;
+    assert_eq!(t.end, TurnEnd::ModelError);
+    let errors = t.errors();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].0, "malformed");
+    assert!(
+        errors[0].1.starts_with(
+            "the model server sent malformed data (a reply with more than 16 tool calls, the \
+             most oi takes): {"
+        ),
+        "{}",
+        errors[0].1
+    );
+    // Nothing ran: no console output, no code recorded (only the first call had
+    // streamed, and its chunks were closed).
+    assert!(
+        !t.events.iter().any(|e| matches!(e,
+            Event::Chunk(c) if c.kind == MessageType::Console)
+            || matches!(e, Event::Message(m) if m.kind != MessageType::Message)),
+        "{:#?}",
+        t.events
+    );
+    let t = turn(&mut conv, "again").await;
+    assert_eq!(t.end, TurnEnd::Finished);
+    // The next request carries both user messages and nothing of the refused reply.
+    let requests = server.requests();
+    let messages = requests[1].body["messages"].as_array().unwrap();
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["system", "user"]);
+    assert_eq!(messages[1]["content"], "call many\n\nagain");
+    conv.shutdown().await;
 }
