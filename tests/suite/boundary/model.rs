@@ -649,3 +649,222 @@ async fn d7_more_than_16_tool_calls_in_one_reply_are_refused() {
     assert_eq!(messages[1]["content"], "call many\n\nagain");
     conv.shutdown().await;
 }
+
+// ---- D8: runaway replies --------------------------------------------------------------
+
+/// An OpenAI chunk frame with this delta.
+fn chunk(delta: Value) -> Step {
+    Step::Frame {
+        event: None,
+        data: serde_json::json!({"choices": [{"index": 0, "delta": delta, "finish_reason": null}]})
+            .to_string(),
+    }
+}
+
+/// An OpenAI chunk frame's bytes, to repeat.
+fn chunk_bytes(delta: Value) -> String {
+    let data = serde_json::json!({"choices": [{"index": 0, "delta": delta}]});
+    format!("data: {data}\n\n")
+}
+
+fn endless(delta: Value) -> Step {
+    Step::Repeat {
+        bytes: chunk_bytes(delta),
+        times: usize::MAX,
+    }
+}
+
+/// An endless model stream grew oi to 3.3 GB. The reply is now cut at 4 MiB (the
+/// default `max_reply_bytes`) with a clear error; what was shown is kept and saved.
+#[tokio::test]
+async fn d8_an_endless_model_stream_is_cut_with_a_clear_error() {
+    if image().is_none() {
+        return;
+    }
+    let server = ScriptedServer::start(vec![Reply::Stream(vec![endless(
+        serde_json::json!({"content": "x".repeat(1000)}),
+    )])])
+    .await;
+    let home = Home::new();
+    let r = run_measured(&mut home.oi(&server, "hi")).await;
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let lines = r.json();
+    let error = lines.iter().find(|l| l["type"] == "error").unwrap();
+    assert_eq!(
+        error,
+        &serde_json::json!({"role": "server", "type": "error", "format": "reply_too_large",
+            "content": "the model's reply exceeded 4 MiB; it was stopped"})
+    );
+    assert_eq!(
+        lines.last().unwrap(),
+        &serde_json::json!({"role": "server", "type": "turn_end", "format": "model_error"})
+    );
+    // What was shown (every whole delta under the cap) is the assistant's message.
+    let shown: String = lines
+        .iter()
+        .filter(|l| l["role"] == "assistant" && l["type"] == "message")
+        .filter_map(|l| l["content"].as_str())
+        .collect();
+    assert_eq!(shown.len(), (4 << 20) / 1000 * 1000);
+    assert!(
+        r.peak_rss_kib < 100 * 1024,
+        "peak RSS {} KiB",
+        r.peak_rss_kib
+    );
+    assert_eq!(server.requests().len(), 1, "not retried");
+    // Saved as it went: the question and the cut reply, and nothing more.
+    let saved = home.saved();
+    let text = std::fs::read_to_string(&saved[0]).unwrap();
+    let messages: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(messages.len(), 2);
+    assert_eq!(messages[1]["role"], "assistant");
+    assert_eq!(messages[1]["content"].as_str().unwrap(), shown);
+    assert!(text.len() < 5 << 20, "saved {} bytes", text.len());
+    assert_eq!(home.containers_left().await, Vec::<String>::new());
+}
+
+/// A runaway reply of each kind (prose, a tool call's arguments, text held back in case
+/// it is a call) is cut at `max_reply_bytes`; the conversation keeps exactly what was
+/// shown, and the next message works.
+#[tokio::test]
+async fn d8_a_runaway_reply_is_cut_and_the_next_message_works() {
+    let call_start = chunk(
+        serde_json::json!({"tool_calls": [{"index": 0, "id": "call_1",
+        "type": "function", "function": {"name": "execute",
+        "arguments": "{\"language\": \"python\", \"code\": \"print(1)"}}]}),
+    );
+    let server = ScriptedServer::start(vec![
+        Reply::Stream(vec![
+            openai::delta("Here it comes: "),
+            endless(serde_json::json!({"content": "y".repeat(100)})),
+        ]),
+        openai::text(&["Sorry."]),
+        Reply::Stream(vec![
+            call_start,
+            endless(serde_json::json!({"tool_calls": [{"index": 0,
+                "function": {"arguments": "; print(2)"}}]})),
+        ]),
+        openai::text(&["Sorry again."]),
+        Reply::Stream(vec![
+            openai::delta("{\"name\": \"execute\", \"arguments\": "),
+            endless(serde_json::json!({"content": " "})),
+        ]),
+        openai::text(&["Done."]),
+    ])
+    .await;
+    let Some(mut conv) = chat(&server, |c| {
+        c.max_reply_bytes = 64 * 1024;
+        // Room for the cut reply in the next request.
+        c.context_window = Some(1_000_000);
+    })
+    .await
+    else {
+        return;
+    };
+    let cut = vec![(
+        "reply_too_large".to_string(),
+        "the model's reply exceeded 64 KiB; it was stopped".to_string(),
+    )];
+    let prose = |t: &Turn| -> String {
+        t.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Chunk(c) if c.kind == MessageType::Message => c.content.clone(),
+                _ => None,
+            })
+            .collect()
+    };
+
+    let t = turn(&mut conv, "prose").await;
+    assert_eq!((t.end, t.errors()), (TurnEnd::ModelError, cut.clone()));
+    let shown = prose(&t);
+    assert_eq!(shown.len(), 15 + (64 * 1024 - 15) / 100 * 100);
+    assert_eq!(turn(&mut conv, "next").await.end, TurnEnd::Finished);
+    let body = &server.requests()[1].body;
+    assert_eq!(body["messages"][2]["role"], "assistant");
+    assert_eq!(body["messages"][2]["content"].as_str().unwrap(), shown);
+
+    // The call had streamed live; it is closed, not run, and not recorded.
+    let t = turn(&mut conv, "call").await;
+    assert_eq!((t.end, t.errors()), (TurnEnd::ModelError, cut.clone()));
+    let code: Vec<&oi::core::messages::Chunk> = t
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Chunk(c) if c.kind == MessageType::Code => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert!(code.first().unwrap().start && code.last().unwrap().end);
+    assert!(!t.events.iter().any(|e| matches!(e,
+        Event::Chunk(c) if c.kind == MessageType::Console)));
+    assert_eq!(turn(&mut conv, "next").await.end, TurnEnd::Finished);
+    let body = &server.requests()[3].body;
+    assert!(body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m.get("tool_calls").is_none() && m["role"] != "tool"));
+
+    // Text held back in case it was a call written as text is shown once cut.
+    let t = turn(&mut conv, "held").await;
+    assert_eq!((t.end, t.errors()), (TurnEnd::ModelError, cut));
+    assert!(prose(&t).starts_with("{\"name\": \"execute\", \"arguments\":    "));
+    assert_eq!(turn(&mut conv, "next").await.end, TurnEnd::Finished);
+    assert_eq!(server.remaining(), 0);
+    conv.shutdown().await;
+}
+
+/// Every piece of a streaming tool call re-read the whole arguments so far (quadratic:
+/// a long call took minutes). A 1 MiB call in 32-byte pieces now streams in one pass,
+/// and the code shown live is the code that runs.
+#[tokio::test]
+async fn d8_a_long_streaming_tool_call_is_read_in_linear_time() {
+    let code = format!("x = 6*7\n#{}\nprint(x)", "a".repeat(1 << 20));
+    let arguments = serde_json::json!({"language": "python", "code": code}).to_string();
+    let mut steps = vec![chunk(serde_json::json!({"tool_calls": [{"index": 0,
+        "id": "call_1", "type": "function", "function": {"name": "execute", "arguments": ""}}]}))];
+    for piece in arguments.as_bytes().chunks(32) {
+        steps.push(chunk(serde_json::json!({"tool_calls": [{"index": 0,
+            "function": {"arguments": std::str::from_utf8(piece).unwrap()}}]})));
+    }
+    steps.push(openai::finish("tool_calls"));
+    steps.push(openai::done());
+    let server = ScriptedServer::start(vec![Reply::Stream(steps), openai::text(&["Done."])]).await;
+    let Some(mut conv) = chat(&server, |_| {}).await else {
+        return;
+    };
+    let started = Instant::now();
+    let t = turn(&mut conv, "long").await;
+    let elapsed = started.elapsed();
+    assert_eq!(t.end, TurnEnd::Finished, "{:?}", t.errors());
+    let streamed: String = t
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Chunk(c) if c.kind == MessageType::Code => c.content.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(streamed, code);
+    let console: String = t
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Chunk(c)
+                if c.kind == MessageType::Console && c.format.as_deref() == Some("output") =>
+            {
+                c.content.clone()
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(console, "42\n");
+    // Generous (a shared machine, an unoptimised build); quadratic, it was minutes.
+    assert!(elapsed < Duration::from_secs(30), "{elapsed:?}");
+    eprintln!("a 1 MiB call in 32-byte pieces: {elapsed:?}");
+    conv.shutdown().await;
+}
