@@ -281,6 +281,14 @@ impl super::FrameDecoder for EventDecoder {
     }
 }
 
+/// The decoder, for the fuzz test in `llm`'s tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    pub(crate) fn decoder() -> impl super::super::FrameDecoder {
+        super::EventDecoder::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{ChatMessage, FrameDecoder};

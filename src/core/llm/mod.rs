@@ -442,6 +442,91 @@ mod tests {
         );
     }
 
+    /// Whatever bytes a server sends, no layer panics: the SSE decoder, both providers'
+    /// decoders, the argument scanner and the repairs, fed pseudo-random mutations of
+    /// real frames (deterministic, so a failure reproduces).
+    #[test]
+    fn hostile_bytes_never_panic_a_decoder() {
+        let seeds = [
+            r#"data: {"choices":[{"delta":{"content":"hi","tool_calls":[{"index":0,"id":"c","function":{"name":"execute","arguments":"{\"language\":\"python\",\"code\":\"print(\\u00e9)\"}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+            r#"data: {"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"t","name":"execute","input":{}}}"#,
+            r#"data: {"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"code\": \"\\ud83d"}}"#,
+            r#"data: {"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":18446744073709551615}}"#,
+            r#"data: {"error":{"code":99999999999999999999,"message":"x"}}"#,
+        ];
+        let noise: &[&[u8]] = &[
+            b"\n",
+            b"\r\n",
+            b"\n\n",
+            b":",
+            b"\"",
+            b"\\",
+            b"\\u",
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b",",
+            b"-1",
+            b"1e999",
+            b"NaN",
+            b"\xff\xfe",
+            "é".as_bytes(),
+            b"```",
+            b"data: ",
+            b"event: x",
+        ];
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n.max(1) as u64) as usize
+        };
+        let (mut frames_seen, mut events_seen) = (0, 0);
+        for round in 0..20_000 {
+            let mut bytes = seeds[round % seeds.len()].as_bytes().to_vec();
+            for _ in 0..1 + next(3) {
+                let at = next(bytes.len() + 1);
+                match next(5) {
+                    0 | 1 => {
+                        let n = noise[next(noise.len())];
+                        bytes.splice(at..at, n.iter().copied());
+                    }
+                    2 | 3 if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes.truncate(at.max(1)),
+                }
+            }
+            bytes.extend_from_slice(b"\n\n");
+            let mut sse = sse::SseDecoder::default();
+            let mut openai = openai::tests_support::decoder();
+            let mut anthropic = anthropic::tests_support::decoder();
+            let split = next(bytes.len());
+            for part in [&bytes[..split], &bytes[split..]] {
+                for frame in sse.feed(part).unwrap_or_default() {
+                    frames_seen += 1;
+                    events_seen += openai.frame(frame.clone()).map_or(0, |e| e.len());
+                    events_seen += anthropic.frame(frame.clone()).map_or(0, |e| e.len());
+                    let mut scanner = repair::ArgumentScanner::default();
+                    scanner.feed(&frame.data);
+                    let _ = repair::from_text(&frame.data);
+                    let _ = repair::from_tool_call("execute", &frame.data);
+                    let mut fence = repair::FenceParser::default();
+                    fence.feed(&frame.data);
+                    fence.finish();
+                }
+            }
+            let _ = sse.finish();
+            let _ = openai.end();
+            let _ = anthropic.end();
+        }
+        // The mutations leave most frames readable: the decoders were really exercised.
+        assert!(frames_seen > 15_000, "{frames_seen}");
+        assert!(events_seen > 1_000, "{events_seen}");
+    }
+
     #[test]
     fn frames_of_millions_of_values_are_refused_before_parsing() {
         assert_eq!(json_values(br#"{"a":[1,2,{"b":"x,y[{\",z"}]}"#), 6);

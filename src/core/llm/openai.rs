@@ -278,6 +278,14 @@ impl ChunkDecoder {
     }
 }
 
+/// The decoder, for the fuzz test in `llm`'s tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    pub(crate) fn decoder() -> impl super::super::FrameDecoder {
+        super::ChunkDecoder::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{FrameDecoder, Tool};
