@@ -12,6 +12,9 @@ use super::code_interpreter::SandboxConfig;
 use super::llm::tokens::O200K_FAMILIES;
 use super::llm::Endpoint;
 
+/// [`Config::max_reply_bytes`] by default: 4 MiB, a hundred times a long real reply.
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
+
 /// How the model asks to run code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -34,6 +37,8 @@ pub struct RetryPolicy {
     /// The first wait; doubled each time, up to `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// The longest wait a server's `Retry-After` may ask for; longer asks wait this long.
+    pub max_retry_after: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -42,6 +47,7 @@ impl Default for RetryPolicy {
             max_retries: 3,
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(20),
+            max_retry_after: Duration::from_secs(60),
         }
     }
 }
@@ -68,6 +74,10 @@ pub struct Config {
     pub max_output: usize,
     /// Model replies per user message before the loop stops.
     pub max_iterations: usize,
+    /// The most bytes one model reply may carry (prose, tool names and arguments); past
+    /// it the stream is dropped with an error, what was shown is kept and the turn
+    /// ends. A bound on what a runaway or hostile server can make oi hold.
+    pub max_reply_bytes: usize,
     /// Whether the model can see images; `None` guesses from the model name.
     pub vision: Option<bool>,
     pub retry: RetryPolicy,
@@ -90,6 +100,7 @@ impl Config {
             auto_run: false,
             max_output: 2800,
             max_iterations: 30,
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
             vision: None,
             retry: RetryPolicy::default(),
             sandbox: SandboxConfig::default(),

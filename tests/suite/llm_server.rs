@@ -28,6 +28,12 @@ pub enum Step {
     Pause(Duration),
     /// Keep the connection open and silent until the client gives up.
     Stall,
+    /// `bytes` written `times` times over, generated as it goes (`usize::MAX`: until the
+    /// client hangs up): endless or huge bodies without holding them in memory.
+    Repeat {
+        bytes: String,
+        times: usize,
+    },
 }
 
 /// What the server answers one request with.
@@ -40,6 +46,8 @@ pub enum Reply {
         body: String,
         headers: Vec<(String, String)>,
     },
+    /// The steps are the whole response, status line and headers included.
+    Raw(Vec<Step>),
 }
 
 /// A request oi made.
@@ -65,6 +73,8 @@ struct State {
     script: VecDeque<Reply>,
     requests: Vec<Recorded>,
     models: Vec<String>,
+    /// Answers `GET /v1/models` instead of the list, when set.
+    models_reply: Option<Reply>,
 }
 
 /// The running server. Dropping it stops accepting.
@@ -108,6 +118,11 @@ impl ScriptedServer {
         self.state.lock().unwrap().models = models.iter().map(|m| m.to_string()).collect();
     }
 
+    /// Answers `GET /v1/models` with this instead of a list.
+    pub fn set_models_reply(&self, reply: Reply) {
+        self.state.lock().unwrap().models_reply = Some(reply);
+    }
+
     /// Adds replies to the script.
     pub fn push(&self, replies: Vec<Reply>) {
         self.state.lock().unwrap().script.extend(replies);
@@ -138,11 +153,10 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) {
         let mut st = state.lock().unwrap();
         st.requests.push(request.clone());
         if request.method == "GET" && request.path.starts_with("/v1/models") {
-            let data: Vec<Value> = st.models.iter().map(|m| json!({"id": m})).collect();
-            Reply::Status {
-                status: if st.models.is_empty() { 404 } else { 200 },
-                body: json!({"object": "list", "data": data}).to_string(),
-                headers: vec![],
+            if let Some(reply) = st.models_reply.clone() {
+                reply
+            } else {
+                models_list(&st.models)
             }
         } else {
             st.script.pop_front().unwrap_or(Reply::Status {
@@ -174,34 +188,73 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<State>>) {
             if socket.write_all(head.as_bytes()).await.is_err() {
                 return;
             }
-            for step in steps {
-                let bytes = match step {
-                    Step::Frame { event, data } => match event {
-                        Some(e) => format!("event: {e}\ndata: {data}\n\n"),
-                        None => format!("data: {data}\n\n"),
-                    },
-                    Step::Raw(raw) => raw,
-                    Step::Pause(d) => {
-                        tokio::time::sleep(d).await;
-                        continue;
-                    }
-                    Step::Stall => {
-                        // Wait until the client hangs up.
-                        let mut buf = [0u8; 64];
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(120), socket.read(&mut buf))
-                                .await;
-                        return;
-                    }
-                };
-                if socket.write_all(bytes.as_bytes()).await.is_err() {
-                    return;
-                }
-                let _ = socket.flush().await;
+            if !write_steps(&mut socket, steps).await {
+                return;
+            }
+        }
+        Reply::Raw(steps) => {
+            if !write_steps(&mut socket, steps).await {
+                return;
             }
         }
     }
     let _ = socket.shutdown().await;
+}
+
+/// Writes a body's steps; `false` when the client hung up (or a stall ended).
+async fn write_steps(socket: &mut TcpStream, steps: Vec<Step>) -> bool {
+    for step in steps {
+        let bytes = match step {
+            Step::Frame { event, data } => match event {
+                Some(e) => format!("event: {e}\ndata: {data}\n\n"),
+                None => format!("data: {data}\n\n"),
+            },
+            Step::Raw(raw) => raw,
+            Step::Repeat { bytes, times } => {
+                if !write_repeated(socket, &bytes, times).await {
+                    return false;
+                }
+                continue;
+            }
+            Step::Pause(d) => {
+                tokio::time::sleep(d).await;
+                continue;
+            }
+            Step::Stall => {
+                // Wait until the client hangs up.
+                let mut buf = [0u8; 64];
+                let _ = tokio::time::timeout(Duration::from_secs(120), socket.read(&mut buf)).await;
+                return false;
+            }
+        };
+        if socket.write_all(bytes.as_bytes()).await.is_err() {
+            return false;
+        }
+        let _ = socket.flush().await;
+    }
+    true
+}
+
+/// `bytes` `times` times over, in large writes so that a small piece goes fast.
+async fn write_repeated(socket: &mut TcpStream, bytes: &str, times: usize) -> bool {
+    if bytes.is_empty() {
+        return true;
+    }
+    let per_batch = (64 * 1024 / bytes.len()).max(1);
+    let batch = bytes.repeat(per_batch);
+    let mut left = times;
+    while left > 0 {
+        let n = left.min(per_batch);
+        if socket
+            .write_all(&batch.as_bytes()[..n * bytes.len()])
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        left -= n;
+    }
+    true
 }
 
 async fn read_request(socket: &mut TcpStream) -> Option<Recorded> {
@@ -247,11 +300,29 @@ async fn read_request(socket: &mut TcpStream) -> Option<Recorded> {
     })
 }
 
+fn models_list(models: &[String]) -> Reply {
+    let data: Vec<Value> = models.iter().map(|m| json!({"id": m})).collect();
+    Reply::Status {
+        status: if models.is_empty() { 404 } else { 200 },
+        body: json!({"object": "list", "data": data}).to_string(),
+        headers: vec![],
+    }
+}
+
 pub fn error(status: u16, body: &str) -> Reply {
     Reply::Status {
         status,
         body: body.into(),
         headers: vec![],
+    }
+}
+
+/// 429 with a `Retry-After` header as given.
+pub fn rate_limited(retry_after: &str) -> Reply {
+    Reply::Status {
+        status: 429,
+        body: r#"{"error":{"message":"slow down"}}"#.into(),
+        headers: vec![("Retry-After".into(), retry_after.into())],
     }
 }
 

@@ -155,8 +155,8 @@ fn block(part: &Part) -> Option<Value> {
 /// Anthropic's stream events → events.
 #[derive(Debug, Default)]
 struct EventDecoder {
-    /// Content block index → tool call index, for blocks that are tool calls.
-    tool_blocks: Vec<(u64, usize)>,
+    /// Content block indexes → tool-call slots, for blocks that are tool calls.
+    tool_blocks: super::CallSlots,
     input_tokens: u64,
     output_tokens: u64,
     stop: Option<FinishReason>,
@@ -165,10 +165,7 @@ struct EventDecoder {
 
 impl super::FrameDecoder for EventDecoder {
     fn frame(&mut self, frame: sse::SseFrame) -> Result<Vec<StreamEvent>> {
-        let value: Value = serde_json::from_str(&frame.data).map_err(|e| LlmError::Malformed {
-            detail: format!("a stream event is not JSON: {e}"),
-            text: http::shorten(&frame.data, 400),
-        })?;
+        let value = super::frame_json(&frame.data, "a stream event")?;
         let kind = value["type"]
             .as_str()
             .or(frame.event.as_deref())
@@ -182,11 +179,9 @@ impl super::FrameDecoder for EventDecoder {
             }
             "content_block_start" => {
                 let block = &value["content_block"];
-                let index = value["index"].as_u64().unwrap_or(0);
                 match block["type"].as_str() {
                     Some("tool_use") => {
-                        let call = self.tool_blocks.len();
-                        self.tool_blocks.push((index, call));
+                        let call = self.tool_blocks.slot(value.get("index"), 0, &frame.data)?;
                         events.push(StreamEvent::ToolCallDelta {
                             index: call,
                             id: block["id"].as_str().map(str::to_string),
@@ -204,7 +199,6 @@ impl super::FrameDecoder for EventDecoder {
             }
             "content_block_delta" => {
                 let delta = &value["delta"];
-                let index = value["index"].as_u64().unwrap_or(0);
                 match delta["type"].as_str() {
                     Some("text_delta") => {
                         events.push(StreamEvent::TextDelta(
@@ -212,16 +206,14 @@ impl super::FrameDecoder for EventDecoder {
                         ));
                     }
                     Some("input_json_delta") => {
-                        let call = self
-                            .tool_blocks
-                            .iter()
-                            .find(|(block, _)| *block == index)
-                            .map(|(_, call)| *call)
-                            .ok_or_else(|| LlmError::Malformed {
-                                detail: "input_json_delta for a block that is not a tool call"
-                                    .into(),
-                                text: http::shorten(&frame.data, 400),
-                            })?;
+                        let call =
+                            self.tool_blocks
+                                .find(value.get("index"), 0)
+                                .ok_or_else(|| LlmError::Malformed {
+                                    detail: "input_json_delta for a block that is not a tool call"
+                                        .into(),
+                                    text: http::shorten(&frame.data, 400),
+                                })?;
                         events.push(StreamEvent::ToolCallDelta {
                             index: call,
                             id: None,
@@ -286,6 +278,14 @@ impl super::FrameDecoder for EventDecoder {
                 detail: "no message_stop".into(),
             })
         }
+    }
+}
+
+/// The decoder, for the fuzz test in `llm`'s tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    pub(crate) fn decoder() -> impl super::super::FrameDecoder {
+        super::EventDecoder::default()
     }
 }
 
@@ -378,6 +378,42 @@ mod tests {
                 r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#
             )),
             Err(LlmError::Server { .. })
+        ));
+    }
+
+    /// D7: content-block indexes are keys, and a reply's tool calls are bounded.
+    #[test]
+    fn content_block_indexes_are_keys_and_tool_calls_bounded() {
+        let mut d = EventDecoder::default();
+        let f = |data: String| sse::SseFrame { event: None, data };
+        let start = |index: &str| {
+            f(format!(
+                r#"{{"type":"content_block_start","index":{index},"content_block":{{"type":"tool_use","id":"t","name":"execute","input":{{}}}}}}"#
+            ))
+        };
+        let delta = |index: &str| {
+            f(format!(
+                r#"{{"type":"content_block_delta","index":{index},"delta":{{"type":"input_json_delta","partial_json":"{{}}"}}}}"#
+            ))
+        };
+        let slot = |events: Vec<StreamEvent>| match &events[..] {
+            [StreamEvent::ToolCallDelta { index, .. }] => *index,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(slot(d.frame(start("1000000000000")).unwrap()), 0);
+        assert_eq!(slot(d.frame(start("-5")).unwrap()), 1);
+        assert_eq!(slot(d.frame(delta("1000000000000")).unwrap()), 0);
+        assert_eq!(slot(d.frame(delta("-5")).unwrap()), 1);
+        assert!(matches!(
+            d.frame(delta("3")),
+            Err(LlmError::Malformed { detail, .. }) if detail.contains("not a tool call")
+        ));
+        for i in 2..crate::core::llm::MAX_TOOL_CALLS {
+            assert_eq!(slot(d.frame(start(&i.to_string())).unwrap()), i);
+        }
+        assert!(matches!(
+            d.frame(start("100")),
+            Err(LlmError::Malformed { detail, .. }) if detail.contains("more than 16 tool calls")
         ));
     }
 }

@@ -73,9 +73,26 @@ pub enum LlmError {
     #[error("the model server sent malformed data ({detail}): {text}")]
     Malformed { detail: String, text: String },
 
+    /// The reply, or the stream carrying it, grew past a limit (`what` says which): the
+    /// stream was dropped. What was shown is kept. Not retried: the same request would
+    /// likely run away again.
+    #[error("{what} exceeded {}; it was stopped", size(*.limit))]
+    ReplyTooLarge { what: &'static str, limit: u64 },
+
     /// The HTTP client could not be set up.
     #[error("could not set up the HTTP client: {0}")]
     Client(String),
+}
+
+/// A size for messages: `4 MiB`, `512 KiB`, `1000 bytes`.
+pub(crate) fn size(bytes: u64) -> String {
+    const KIB: u64 = 1024;
+    for (unit, name) in [(KIB * KIB * KIB, "GiB"), (KIB * KIB, "MiB"), (KIB, "KiB")] {
+        if bytes >= unit && bytes % unit == 0 {
+            return format!("{} {name}", bytes / unit);
+        }
+    }
+    format!("{bytes} bytes")
 }
 
 fn unknown_model_message(model: &str, url: &str, available: &[String]) -> String {
@@ -107,6 +124,7 @@ impl LlmError {
             | LlmError::Rejected { .. }
             | LlmError::ToolsUnsupported { .. }
             | LlmError::Malformed { .. }
+            | LlmError::ReplyTooLarge { .. }
             | LlmError::Client(_) => false,
         }
     }
@@ -124,6 +142,7 @@ impl LlmError {
             LlmError::Stalled { .. } => "stalled",
             LlmError::Truncated { .. } => "truncated",
             LlmError::Malformed { .. } => "malformed",
+            LlmError::ReplyTooLarge { .. } => "reply_too_large",
             LlmError::Client(_) => "client",
         }
     }
@@ -132,6 +151,25 @@ impl LlmError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(size(4 << 20), "4 MiB");
+        assert_eq!(size(1 << 30), "1 GiB");
+        assert_eq!(size(512 * 1024), "512 KiB");
+        assert_eq!(size(1000), "1000 bytes");
+        assert_eq!(size((4 << 20) + 1), format!("{} bytes", (4 << 20) + 1));
+        let e = LlmError::ReplyTooLarge {
+            what: "the model's reply",
+            limit: 4 << 20,
+        };
+        assert_eq!(
+            e.to_string(),
+            "the model's reply exceeded 4 MiB; it was stopped"
+        );
+        assert!(!e.is_retryable());
+        assert_eq!(e.kind(), "reply_too_large");
+    }
 
     #[test]
     fn unknown_model_lists_what_the_server_offers() {

@@ -13,6 +13,19 @@ use super::Endpoint;
 
 /// The longest error body quoted back to the user.
 const DETAIL_MAX: usize = 600;
+/// The most of an error body read: real error bodies are a few hundred bytes; a
+/// hostile server's endless one must not grow memory.
+const ERROR_BODY_MAX: usize = 64 * 1024;
+/// The most of a `/models` list read (a thousand models is ~100 KiB).
+const MODELS_BODY_MAX: usize = 1024 * 1024;
+/// The most model names kept from a list, and the longest name kept.
+const MODELS_MAX: usize = 1000;
+const MODEL_NAME_MAX: usize = 200;
+/// How long reading an error body or a model list may take in all.
+const BODY_TIME: Duration = Duration::from_secs(10);
+/// The longest `Retry-After` honoured: a server asking for longer gets this (the loop may
+/// cap it further, `RetryPolicy::max_retry_after`).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// The client for an endpoint. Proxies come from the endpoint only: core reads no
 /// environment (reqwest would read `HTTPS_PROXY` itself), the front end passes them in.
@@ -48,22 +61,49 @@ pub(crate) struct Failure<'a> {
     pub key_setting: &'a str,
 }
 
-/// Sends a request; a non-2xx status becomes the matching [`LlmError`].
+/// Sends a request; a non-2xx status becomes the matching [`LlmError`]. A server that
+/// accepts the connection but sends no response head within `idle` has stalled, as a
+/// silent body would.
 pub(crate) async fn send(
     request: reqwest::RequestBuilder,
     failure: Failure<'_>,
+    idle: Duration,
 ) -> Result<reqwest::Response> {
-    let response = request.send().await.map_err(|e| LlmError::Connect {
-        url: failure.url.to_string(),
-        detail: error_chain(&e),
-    })?;
+    let response = tokio::time::timeout(idle, request.send())
+        .await
+        .map_err(|_| LlmError::Stalled { after: idle })?
+        .map_err(|e| LlmError::Connect {
+            url: failure.url.to_string(),
+            detail: error_chain(&e),
+        })?;
     let status = response.status();
     if status.is_success() {
         return Ok(response);
     }
     let retry_after = retry_after(response.headers());
-    let body = response.text().await.unwrap_or_default();
-    Err(classify(status.as_u16(), &body, retry_after, failure))
+    let body = read_capped(response, ERROR_BODY_MAX).await;
+    Err(classify(
+        status.as_u16(),
+        &String::from_utf8_lossy(&body),
+        retry_after,
+        failure,
+    ))
+}
+
+/// At most `max` bytes of a body, read for at most [`BODY_TIME`]: what arrived by then.
+async fn read_capped(mut response: reqwest::Response, max: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    let read = async {
+        while let Ok(Some(chunk)) = response.chunk().await {
+            let room = max.saturating_sub(body.len());
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() >= max {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(BODY_TIME, read).await;
+    body
 }
 
 fn classify(
@@ -160,12 +200,18 @@ pub(crate) fn shorten(text: &str, max: usize) -> String {
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    value
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .map(Duration::from_secs_f64)
+    parse_retry_after(headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?)
+}
+
+/// `Retry-After` in seconds, capped at [`MAX_RETRY_AFTER`]. Negative numbers, NaN and
+/// infinities are no wait at all (`None`: the loop's own backoff applies), and so is the
+/// HTTP-date form, which is not read.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let secs: f64 = value.trim().parse().ok()?;
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Duration::try_from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())).ok()
 }
 
 /// reqwest's Display hides the cause ("error sending request"); users need it.
@@ -183,19 +229,25 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// `GET {base}/models` → the ids in `data[].id` (OpenAI and Anthropic agree on this).
+/// Only used to explain an unknown model, so a list too long to read whole is cut
+/// ([`MODELS_BODY_MAX`], [`MODELS_MAX`]) and unreadable answers are no list.
 pub(crate) async fn model_ids(request: reqwest::RequestBuilder) -> Result<Vec<String>> {
     let response = request
-        .timeout(Duration::from_secs(10))
+        .timeout(BODY_TIME)
         .send()
         .await
         .map_err(|e| LlmError::Client(e.to_string()))?;
     if !response.status().is_success() {
         return Ok(Vec::new());
     }
-    let body: serde_json::Value = response
-        .json()
-        .await
-        .map_err(|e| LlmError::Client(e.to_string()))?;
+    let body = read_capped(response, MODELS_BODY_MAX).await;
+    Ok(parse_model_ids(&body))
+}
+
+fn parse_model_ids(body: &[u8]) -> Vec<String> {
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
     let mut ids: Vec<String> = body
         .get("data")
         .or_else(|| body.get("models"))
@@ -207,13 +259,14 @@ pub(crate) async fn model_ids(request: reqwest::RequestBuilder) -> Result<Vec<St
                     m.get("id")
                         .or_else(|| m.get("name"))
                         .and_then(|i| i.as_str())
-                        .map(str::to_string)
+                        .map(|id| shorten(id, MODEL_NAME_MAX))
                 })
+                .take(MODELS_MAX)
                 .collect()
         })
         .unwrap_or_default();
     ids.sort();
-    Ok(ids)
+    ids
 }
 
 #[cfg(test)]
@@ -273,6 +326,48 @@ mod tests {
         );
         assert_eq!(error_detail("plain text"), "plain text");
         assert_eq!(error_detail(""), "(empty response)");
+    }
+
+    #[test]
+    fn retry_after_is_a_sane_wait_or_none() {
+        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after(" 0.5 "), Some(Duration::from_millis(500)));
+        assert_eq!(parse_retry_after("0"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("-0"), Some(Duration::ZERO));
+        for capped in [
+            "61",
+            "1e30",
+            "1.7976931348623157e308",
+            "18446744073709551616",
+        ] {
+            assert_eq!(parse_retry_after(capped), Some(MAX_RETRY_AFTER), "{capped}");
+        }
+        for none in [
+            "-1",
+            "-1e30",
+            "NaN",
+            "nan",
+            "inf",
+            "-inf",
+            "infinity",
+            "",
+            "soon",
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+        ] {
+            assert_eq!(parse_retry_after(none), None, "{none}");
+        }
+    }
+
+    #[test]
+    fn model_lists_are_cut_not_trusted() {
+        let many: Vec<serde_json::Value> = (0..5000)
+            .map(|i| serde_json::json!({"id": format!("m{i:05}")}))
+            .collect();
+        let body = serde_json::json!({"data": many}).to_string();
+        assert_eq!(parse_model_ids(body.as_bytes()).len(), MODELS_MAX);
+        let long = serde_json::json!({"data": [{"id": "x".repeat(10_000)}]}).to_string();
+        assert!(parse_model_ids(long.as_bytes())[0].len() <= MODEL_NAME_MAX + 3);
+        assert!(parse_model_ids(b"{\"data\": [{\"id\": \"a\"").is_empty());
     }
 
     #[test]

@@ -91,11 +91,19 @@ pub struct Tool {
     pub parameters: serde_json::Value,
 }
 
+/// The most tool calls one reply may make. Models call one tool at a time, a few in
+/// parallel at most; a reply with more is refused as malformed rather than letting a
+/// server's numbers decide how much oi allocates.
+pub const MAX_TOOL_CALLS: usize = 16;
+
 /// What a streaming reply is made of.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
     TextDelta(String),
     /// A piece of tool call `index`: the id and name arrive once, the arguments in pieces.
+    /// The built-in providers number calls 0, 1, … in the order they first appear (the
+    /// wire's own index is only a key) and never past [`MAX_TOOL_CALLS`]; the loop still
+    /// treats `index` as a key, whatever a provider sends.
     ToolCallDelta {
         index: usize,
         id: Option<String>,
@@ -219,6 +227,105 @@ impl Endpoint {
     }
 }
 
+/// Maps the tool-call keys a server sends (its `index`, which may be any number) to
+/// slots 0, 1, … in order of appearance, refusing more than [`MAX_TOOL_CALLS`].
+#[derive(Debug, Default)]
+pub(crate) struct CallSlots {
+    keys: Vec<String>,
+}
+
+impl CallSlots {
+    /// The slot for a call whose wire index is `index` (`None`: the server sent none,
+    /// and `fallback` stands for it), given one if it is new. `frame` is quoted in errors.
+    pub(crate) fn slot(
+        &mut self,
+        index: Option<&serde_json::Value>,
+        fallback: usize,
+        frame: &str,
+    ) -> Result<usize> {
+        let key = key(index, fallback).ok_or_else(|| LlmError::Malformed {
+            detail: "a tool call's index is not a number".into(),
+            text: http::shorten(frame, 400),
+        })?;
+        if let Some(slot) = self.keys.iter().position(|k| *k == key) {
+            return Ok(slot);
+        }
+        if self.keys.len() >= MAX_TOOL_CALLS {
+            return Err(too_many_calls(http::shorten(frame, 400)));
+        }
+        self.keys.push(key);
+        Ok(self.keys.len() - 1)
+    }
+
+    /// The slot already given to `index`, if any.
+    pub(crate) fn find(&self, index: Option<&serde_json::Value>, fallback: usize) -> Option<usize> {
+        let key = key(index, fallback)?;
+        self.keys.iter().position(|k| *k == key)
+    }
+}
+
+/// A wire index as a key: any number, written short (`2000000`, `-1`,
+/// `1000000000000.0`); `None` for what is not a number.
+fn key(index: Option<&serde_json::Value>, fallback: usize) -> Option<String> {
+    match index {
+        None | Some(serde_json::Value::Null) => Some(fallback.to_string()),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        Some(_) => None,
+    }
+}
+
+/// The error for a reply with more than [`MAX_TOOL_CALLS`] calls; `text` shows where.
+pub(crate) fn too_many_calls(text: String) -> LlmError {
+    LlmError::Malformed {
+        detail: format!("a reply with more than {MAX_TOOL_CALLS} tool calls, the most oi takes"),
+        text,
+    }
+}
+
+/// The most JSON values one frame may hold. Real chunks hold tens; parsed, a frame of
+/// millions of empty values would cost tens of times its size in memory.
+const MAX_FRAME_VALUES: usize = 100_000;
+
+/// Parses a frame's JSON (`what` names it in errors: "a stream chunk"), refusing a
+/// frame with more than [`MAX_FRAME_VALUES`] values before building any of them.
+pub(crate) fn frame_json(data: &str, what: &str) -> Result<serde_json::Value> {
+    if json_values(data.as_bytes()) > MAX_FRAME_VALUES {
+        return Err(LlmError::Malformed {
+            detail: format!("{what} holds more than {MAX_FRAME_VALUES} JSON values"),
+            text: http::shorten(data, 400),
+        });
+    }
+    serde_json::from_str(data).map_err(|e| LlmError::Malformed {
+        detail: format!("{what} is not JSON: {e}"),
+        text: http::shorten(data, 400),
+    })
+}
+
+/// An upper bound on the values in a JSON text, without parsing it: one, plus one per
+/// `[`, `{` and `,` outside strings.
+fn json_values(bytes: &[u8]) -> usize {
+    let mut values = 1;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' | b',' => values += 1,
+                _ => {}
+            }
+        }
+    }
+    values
+}
+
 /// A provider's protocol over SSE frames.
 pub(crate) trait FrameDecoder: Send + 'static {
     /// The events a frame carries.
@@ -285,7 +392,7 @@ pub(crate) async fn open_stream<P: Provider + ?Sized, D: FrameDecoder>(
     idle: Duration,
     decoder: D,
 ) -> Result<EventStream> {
-    let response = match http::send(request, failure).await {
+    let response = match http::send(request, failure, idle).await {
         Err(LlmError::UnknownModel { model, url, .. }) => {
             let available = provider.models().await.unwrap_or_default();
             return Err(LlmError::UnknownModel {
@@ -298,4 +405,145 @@ pub(crate) async fn open_stream<P: Provider + ?Sized, D: FrameDecoder>(
     };
     let frames = sse::frames(Box::pin(response.bytes_stream()), idle);
     Ok(decode_frames(frames, decoder))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_call_index_is_a_key_not_a_position() {
+        let mut slots = CallSlots::default();
+        let huge = json!(2_000_000);
+        let float: serde_json::Value = serde_json::from_str("1e12").unwrap();
+        let negative = json!(-1);
+        let beyond = json!(u64::MAX);
+        assert_eq!(slots.slot(Some(&huge), 0, "").unwrap(), 0);
+        assert_eq!(slots.slot(Some(&float), 0, "").unwrap(), 1);
+        assert_eq!(slots.slot(Some(&negative), 0, "").unwrap(), 2);
+        assert_eq!(slots.slot(Some(&beyond), 0, "").unwrap(), 3);
+        assert_eq!(slots.slot(Some(&huge), 0, "").unwrap(), 0);
+        // No index: the call's position in the chunk stands for it.
+        assert_eq!(slots.slot(None, 7, "").unwrap(), 4);
+        assert_eq!(slots.slot(Some(&json!(7)), 0, "").unwrap(), 4);
+        assert!(matches!(
+            slots.slot(Some(&json!("0")), 0, "f"),
+            Err(LlmError::Malformed { .. })
+        ));
+        for i in 5..MAX_TOOL_CALLS {
+            assert_eq!(slots.slot(Some(&json!(i * 1000)), 0, "").unwrap(), i);
+        }
+        let err = slots.slot(Some(&json!(1)), 0, "the frame").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the model server sent malformed data (a reply with more than 16 tool calls, \
+             the most oi takes): the frame"
+        );
+    }
+
+    /// Whatever bytes a server sends, no layer panics: the SSE decoder, both providers'
+    /// decoders, the argument scanner and the repairs, fed pseudo-random mutations of
+    /// real frames (deterministic, so a failure reproduces).
+    #[test]
+    fn hostile_bytes_never_panic_a_decoder() {
+        let seeds = [
+            r#"data: {"choices":[{"delta":{"content":"hi","tool_calls":[{"index":0,"id":"c","function":{"name":"execute","arguments":"{\"language\":\"python\",\"code\":\"print(\\u00e9)\"}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+            r#"data: {"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"t","name":"execute","input":{}}}"#,
+            r#"data: {"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"code\": \"\\ud83d"}}"#,
+            r#"data: {"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":18446744073709551615}}"#,
+            r#"data: {"error":{"code":99999999999999999999,"message":"x"}}"#,
+        ];
+        let noise: &[&[u8]] = &[
+            b"\n",
+            b"\r\n",
+            b"\n\n",
+            b":",
+            b"\"",
+            b"\\",
+            b"\\u",
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b",",
+            b"-1",
+            b"1e999",
+            b"NaN",
+            b"\xff\xfe",
+            "é".as_bytes(),
+            b"```",
+            b"data: ",
+            b"event: x",
+        ];
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n.max(1) as u64) as usize
+        };
+        let (mut frames_seen, mut events_seen) = (0, 0);
+        for round in 0..20_000 {
+            let mut bytes = seeds[round % seeds.len()].as_bytes().to_vec();
+            for _ in 0..1 + next(3) {
+                let at = next(bytes.len() + 1);
+                match next(5) {
+                    0 | 1 => {
+                        let n = noise[next(noise.len())];
+                        bytes.splice(at..at, n.iter().copied());
+                    }
+                    2 | 3 if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes.truncate(at.max(1)),
+                }
+            }
+            bytes.extend_from_slice(b"\n\n");
+            let mut sse = sse::SseDecoder::default();
+            let mut openai = openai::tests_support::decoder();
+            let mut anthropic = anthropic::tests_support::decoder();
+            let split = next(bytes.len());
+            for part in [&bytes[..split], &bytes[split..]] {
+                for frame in sse.feed(part).unwrap_or_default() {
+                    frames_seen += 1;
+                    events_seen += openai.frame(frame.clone()).map_or(0, |e| e.len());
+                    events_seen += anthropic.frame(frame.clone()).map_or(0, |e| e.len());
+                    let mut scanner = repair::ArgumentScanner::default();
+                    scanner.feed(&frame.data);
+                    let _ = repair::from_text(&frame.data);
+                    let _ = repair::from_tool_call("execute", &frame.data);
+                    let mut fence = repair::FenceParser::default();
+                    fence.feed(&frame.data);
+                    fence.finish();
+                }
+            }
+            let _ = sse.finish();
+            let _ = openai.end();
+            let _ = anthropic.end();
+        }
+        // The mutations leave most frames readable: the decoders were really exercised.
+        assert!(frames_seen > 15_000, "{frames_seen}");
+        assert!(events_seen > 1_000, "{events_seen}");
+    }
+
+    #[test]
+    fn frames_of_millions_of_values_are_refused_before_parsing() {
+        assert_eq!(json_values(br#"{"a":[1,2,{"b":"x,y[{\",z"}]}"#), 6);
+        let ok = frame_json(r#"{"choices":[]}"#, "a stream chunk").unwrap();
+        assert_eq!(ok, json!({"choices": []}));
+        let many = format!(r#"{{"choices":[{}]}}"#, vec!["{}"; 200_000].join(","));
+        let err = frame_json(&many, "a stream chunk").unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "the model server sent malformed data (a stream chunk holds more than \
+                 100000 JSON values)"
+            ),
+            "{err}"
+        );
+        assert!(matches!(
+            frame_json("{not json", "a stream chunk"),
+            Err(LlmError::Malformed { .. })
+        ));
+    }
 }

@@ -188,6 +188,8 @@ fn wire_messages(message: &ChatMessage, out: &mut Vec<Value>) {
 /// `chat.completion.chunk` frames → events.
 #[derive(Debug, Default)]
 struct ChunkDecoder {
+    /// The server's tool-call indexes → slots.
+    slots: super::CallSlots,
     finish: Option<FinishReason>,
     usage: Option<Usage>,
     done: bool,
@@ -199,14 +201,16 @@ impl super::FrameDecoder for ChunkDecoder {
             self.done = true;
             return Ok(vec![self.finished()]);
         }
-        let value: Value = serde_json::from_str(&frame.data).map_err(|e| LlmError::Malformed {
-            detail: format!("a stream chunk is not JSON: {e}"),
-            text: http::shorten(&frame.data, 400),
-        })?;
+        let value = super::frame_json(&frame.data, "a stream chunk")?;
         if let Some(error) = value.get("error") {
             return Err(LlmError::Server {
                 url: "the stream".into(),
-                status: error.get("code").and_then(|c| c.as_u64()).unwrap_or(500) as u16,
+                status: error
+                    .get("code")
+                    .and_then(|c| c.as_u64())
+                    .and_then(|c| u16::try_from(c).ok())
+                    .filter(|c| (100..=599).contains(c))
+                    .unwrap_or(500),
                 detail: http::error_detail(&frame.data),
             });
         }
@@ -233,7 +237,7 @@ impl super::FrameDecoder for ChunkDecoder {
                     other => other.to_string(),
                 };
                 events.push(StreamEvent::ToolCallDelta {
-                    index: call["index"].as_u64().map_or(position, |i| i as usize),
+                    index: self.slots.slot(call.get("index"), position, &frame.data)?,
                     id: call["id"].as_str().map(str::to_string),
                     name: call["function"]["name"].as_str().map(str::to_string),
                     arguments,
@@ -271,6 +275,14 @@ impl ChunkDecoder {
             reason: self.finish.take().unwrap_or(FinishReason::Stop),
             usage: self.usage.take(),
         }
+    }
+}
+
+/// The decoder, for the fuzz test in `llm`'s tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    pub(crate) fn decoder() -> impl super::super::FrameDecoder {
+        super::ChunkDecoder::default()
     }
 }
 
@@ -360,6 +372,47 @@ mod tests {
         assert!(d.end().is_ok());
         let mut d = ChunkDecoder::default();
         assert!(matches!(d.end(), Err(LlmError::Truncated { .. })));
+        // D7: a call's index is a key; slots are given in order, at most MAX_TOOL_CALLS.
+        let mut d = ChunkDecoder::default();
+        let call = |index: &str| {
+            frame(&format!(
+                r#"{{"choices":[{{"delta":{{"tool_calls":[{{"index":{index},"function":{{"arguments":"x"}}}}]}}}}]}}"#
+            ))
+        };
+        let slot_of = |events: Vec<StreamEvent>| match &events[..] {
+            [StreamEvent::ToolCallDelta { index, .. }] => *index,
+            other => panic!("{other:?}"),
+        };
+        for (wire, slot) in [
+            ("2000000", 0),
+            ("1000000000000", 1),
+            ("1e12", 2),
+            ("-1", 3),
+            ("2000000", 0),
+            ("18446744073709551616", 4),
+        ] {
+            assert_eq!(slot_of(d.frame(call(wire)).unwrap()), slot, "{wire}");
+        }
+        for i in 5..super::super::MAX_TOOL_CALLS {
+            assert_eq!(slot_of(d.frame(call(&i.to_string())).unwrap()), i);
+        }
+        assert!(matches!(
+            d.frame(call("99")),
+            Err(LlmError::Malformed { detail, .. }) if detail.contains("more than 16 tool calls")
+        ));
+        let mut d = ChunkDecoder::default();
+        assert!(matches!(
+            d.frame(call(r#""zero""#)),
+            Err(LlmError::Malformed { detail, .. }) if detail == "a tool call's index is not a number"
+        ));
+        // A status in an error body is a number from outside: only real ones are kept.
+        for (code, status) in [("503", 503), ("70000", 500), ("-1", 500), ("1e3", 500)] {
+            let data = format!(r#"{{"error":{{"code":{code},"message":"x"}}}}"#);
+            assert!(
+                matches!(d.frame(frame(&data)), Err(LlmError::Server { status: s, .. }) if s == status),
+                "{code}"
+            );
+        }
         assert!(matches!(
             d.frame(frame("{not json")),
             Err(LlmError::Malformed { .. })

@@ -187,52 +187,215 @@ pub fn is_prose_tag(tag: &str) -> bool {
 
 /// What can be read so far from tool-call arguments still streaming: the language,
 /// once its string is complete, and as much of the code as has arrived. Lets the code
-/// stream to the user while the model writes it.
+/// stream to the user while the model writes it. For arguments that grow, keep an
+/// [`ArgumentScanner`] and feed it the new pieces instead: this reads them all again.
 pub fn partial_arguments(args: &str) -> (Option<String>, Option<String>) {
-    let language = string_after_key(args, "language").filter(|(_, complete)| *complete);
-    let code = string_after_key(args, "code");
-    (language.map(|(l, _)| l), code.map(|(c, _)| c))
+    let mut scanner = ArgumentScanner::default();
+    scanner.feed(args);
+    (
+        scanner.language().map(str::to_string),
+        scanner.code().map(str::to_string),
+    )
 }
 
-/// The (possibly incomplete) JSON string value of `"key":` at the top of an object.
-fn string_after_key(args: &str, key: &str) -> Option<(String, bool)> {
-    let quoted = format!("\"{key}\"");
-    let at = args.find(&quoted)?;
-    let rest = args[at + quoted.len()..].trim_start().strip_prefix(':')?;
-    let body = rest.trim_start().strip_prefix('"')?;
-    let mut value = String::new();
-    let mut chars = body.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => return Some((value, true)),
-            '\\' => {
-                let Some(e) = chars.next() else {
-                    break;
-                };
-                match e {
-                    'n' => value.push('\n'),
-                    't' => value.push('\t'),
-                    'r' => value.push('\r'),
-                    'b' => value.push('\u{8}'),
-                    'f' => value.push('\u{c}'),
-                    'u' => {
-                        let hex: String = chars.by_ref().take(4).collect();
-                        if hex.len() < 4 {
-                            break;
-                        }
-                        match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
-                            Some(ch) => value.push(ch),
-                            // Half of a surrogate pair: wait for the whole value.
-                            None => break,
-                        }
-                    }
-                    other => value.push(other),
-                }
+/// Reads `"language"` and `"code"` out of tool-call arguments as they stream, looking at
+/// each character once, so that a long call costs time in proportion to its length
+/// (re-reading the whole text for every piece made it quadratic). A small JSON lexer:
+/// a string followed by `:` is a key, at any depth (`{"arguments": {"code": …}}` too);
+/// the first value of each key counts; text around the JSON (a fence) is skipped.
+#[derive(Debug, Default)]
+pub struct ArgumentScanner {
+    in_string: bool,
+    escape: Escape,
+    /// A high surrogate (`\ud83d`) waiting for its pair.
+    high: Option<u32>,
+    /// What the string being read is.
+    role: Role,
+    /// The string being read, while it may still be a key looked for.
+    candidate: String,
+    /// A string just ended that names a key looked for; a `:` next makes it the key.
+    key: Option<Field>,
+    /// The key whose value comes next.
+    value_of: Option<Field>,
+    language_seen: bool,
+    language: String,
+    language_done: bool,
+    code_seen: bool,
+    code_started: bool,
+    code: String,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Escape {
+    #[default]
+    None,
+    Backslash,
+    /// `\u` and the value of the hex digits so far.
+    Unicode(u32, u8),
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    #[default]
+    Other,
+    Language,
+    Code,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Language,
+    Code,
+}
+
+/// The longest key looked for (`language`).
+const KEY_MAX: usize = 8;
+
+impl ArgumentScanner {
+    /// Reads the next piece of the arguments.
+    pub fn feed(&mut self, piece: &str) {
+        for c in piece.chars() {
+            if self.in_string {
+                self.string_char(c);
+            } else {
+                self.outside_char(c);
             }
-            c => value.push(c),
         }
     }
-    Some((value, false))
+
+    /// The language, once its string is complete.
+    pub fn language(&self) -> Option<&str> {
+        self.language_done.then_some(self.language.as_str())
+    }
+
+    /// The code so far, once its string has begun.
+    pub fn code(&self) -> Option<&str> {
+        self.code_started.then_some(self.code.as_str())
+    }
+
+    fn outside_char(&mut self, c: char) {
+        match c {
+            c if c.is_whitespace() => {}
+            ':' => self.value_of = self.key.take(),
+            '"' => {
+                self.key = None;
+                self.role = match self.value_of.take() {
+                    Some(Field::Code) if !self.code_seen => {
+                        self.code_seen = true;
+                        self.code_started = true;
+                        Role::Code
+                    }
+                    Some(Field::Language) if !self.language_seen => {
+                        self.language_seen = true;
+                        Role::Language
+                    }
+                    _ => Role::Other,
+                };
+                self.candidate.clear();
+                self.in_string = true;
+            }
+            _ => {
+                // A value that is not a string: that key's first value is taken.
+                match self.value_of.take() {
+                    Some(Field::Code) => self.code_seen = true,
+                    Some(Field::Language) => self.language_seen = true,
+                    None => {}
+                }
+                self.key = None;
+            }
+        }
+    }
+
+    fn string_char(&mut self, c: char) {
+        match self.escape {
+            Escape::Backslash => {
+                self.escape = Escape::None;
+                match c {
+                    'u' => self.escape = Escape::Unicode(0, 0),
+                    'n' => self.push('\n'),
+                    't' => self.push('\t'),
+                    'r' => self.push('\r'),
+                    'b' => self.push('\u{8}'),
+                    'f' => self.push('\u{c}'),
+                    other => self.push(other),
+                }
+            }
+            Escape::Unicode(value, digits) => match c.to_digit(16) {
+                Some(d) if digits < 3 => self.escape = Escape::Unicode(value * 16 + d, digits + 1),
+                Some(d) => {
+                    self.escape = Escape::None;
+                    self.code_point(value * 16 + d);
+                }
+                None => {
+                    // Not an escape after all: say so, and read the character as it is.
+                    self.escape = Escape::None;
+                    self.push(char::REPLACEMENT_CHARACTER);
+                    self.string_char(c);
+                }
+            },
+            Escape::None => match c {
+                '\\' => self.escape = Escape::Backslash,
+                '"' => self.end_string(),
+                c => self.push(c),
+            },
+        }
+    }
+
+    fn code_point(&mut self, unit: u32) {
+        match unit {
+            0xD800..=0xDBFF => {
+                if self.high.replace(unit).is_some() {
+                    self.push(char::REPLACEMENT_CHARACTER);
+                }
+            }
+            0xDC00..=0xDFFF => match self.high.take() {
+                Some(high) => {
+                    let c = 0x10000 + ((high - 0xD800) << 10) + (unit - 0xDC00);
+                    self.push(char::from_u32(c).unwrap_or(char::REPLACEMENT_CHARACTER));
+                }
+                None => self.push(char::REPLACEMENT_CHARACTER),
+            },
+            _ => self.push(char::from_u32(unit).unwrap_or(char::REPLACEMENT_CHARACTER)),
+        }
+    }
+
+    fn push(&mut self, c: char) {
+        // A high surrogate not followed by its pair stands alone.
+        if self.high.is_some() && !(0xDC00..=0xDFFF).contains(&(c as u32)) {
+            self.high = None;
+            self.push_char(char::REPLACEMENT_CHARACTER);
+        }
+        self.push_char(c);
+    }
+
+    fn push_char(&mut self, c: char) {
+        match self.role {
+            Role::Code => self.code.push(c),
+            Role::Language => self.language.push(c),
+            // Longer than any key looked for: one more character marks it as no key.
+            Role::Other if self.candidate.len() <= KEY_MAX => self.candidate.push(c),
+            Role::Other => {}
+        }
+    }
+
+    fn end_string(&mut self) {
+        if self.high.take().is_some() {
+            self.push_char(char::REPLACEMENT_CHARACTER);
+        }
+        match self.role {
+            Role::Language => self.language_done = true,
+            Role::Code => {}
+            Role::Other => {
+                self.key = match self.candidate.as_str() {
+                    "code" => Some(Field::Code),
+                    "language" => Some(Field::Language),
+                    _ => None,
+                };
+            }
+        }
+        self.role = Role::Other;
+        self.in_string = false;
+    }
 }
 
 fn code_field(map: &Value) -> Option<String> {
@@ -329,6 +492,8 @@ fn python_string(text: &str) -> Option<(String, &str)> {
 #[derive(Debug, Default)]
 pub struct FenceParser {
     line: String,
+    /// Bytes of `line`'s leading whitespace already skipped (each looked at once).
+    line_lead: usize,
     in_code: Option<String>,
     /// Inside a fence of data (```json …), whose closing fence opens nothing.
     in_data: bool,
@@ -352,22 +517,31 @@ impl FenceParser {
                 self.end_line(&mut out);
             }
         }
-        // Pass on a partial line unless it could still become a fence.
-        if !self.line.is_empty()
-            && !self.line.trim_start().starts_with('`')
-            && !self.line.trim().is_empty()
+        // Pass on a partial line unless it could still become a fence (it starts with a
+        // backtick, or nothing but whitespace has come yet).
+        let rest = &self.line[self.line_lead..];
+        self.line_lead += rest.len() - rest.trim_start().len();
+        if self.line[self.line_lead..]
+            .chars()
+            .next()
+            .is_some_and(|c| c != '`')
         {
-            let text = std::mem::take(&mut self.line);
+            let text = self.take_line();
             out.push(self.text(text));
         }
         out
+    }
+
+    fn take_line(&mut self) -> String {
+        self.line_lead = 0;
+        std::mem::take(&mut self.line)
     }
 
     /// The end of the reply: an unterminated block is complete.
     pub fn finish(&mut self) -> Vec<TextPiece> {
         let mut out = Vec::new();
         if !self.line.is_empty() {
-            let line = std::mem::take(&mut self.line);
+            let line = self.take_line();
             if self.in_code.is_some() && line.trim() == "```" {
                 self.in_code = None;
                 out.push(TextPiece::CodeEnd);
@@ -394,7 +568,7 @@ impl FenceParser {
     }
 
     fn end_line(&mut self, out: &mut Vec<TextPiece>) {
-        let line = std::mem::take(&mut self.line);
+        let line = self.take_line();
         let trimmed = line.trim();
         match &self.in_code {
             None => {
@@ -538,6 +712,54 @@ mod tests {
     }
 
     #[test]
+    fn the_scanner_reads_pieces_split_anywhere() {
+        let args = r#"```json
+{"name": "execute", "arguments": {"note": "a \"code\": \"no\"", "language": "python",
+ "code": "print(\"\u00e9\ud83d\ude00\")\n\tx = '\\'"}, "code": "second"}"#;
+        let want_code = "print(\"é😀\")\n\tx = '\\'";
+        let mut whole = ArgumentScanner::default();
+        whole.feed(args);
+        assert_eq!(whole.language(), Some("python"));
+        assert_eq!(whole.code(), Some(want_code));
+        let chars: Vec<char> = args.chars().collect();
+        for split in [1, 2, 3, 5, 7] {
+            let mut s = ArgumentScanner::default();
+            for piece in chars.chunks(split) {
+                s.feed(&piece.iter().collect::<String>());
+            }
+            assert_eq!(s.code(), Some(want_code), "pieces of {split}");
+            assert_eq!(s.language(), Some("python"));
+        }
+        // The first value of a key counts, even when it is not a string.
+        let mut s = ArgumentScanner::default();
+        s.feed(r#"{"code": ["a"], "x": {"code": "b"}}"#);
+        assert_eq!(s.code(), None);
+        // A lone surrogate is shown as such, not lost.
+        let mut s = ArgumentScanner::default();
+        s.feed(r#"{"code": "a\ud83dz\udc00"#);
+        assert_eq!(s.code(), Some("a\u{fffd}z\u{fffd}"));
+    }
+
+    /// D8: every piece of a streaming call re-read the whole arguments (quadratic: a
+    /// long call took minutes). Fed piece by piece, a 4 MiB call is one pass.
+    #[test]
+    fn a_long_call_streams_in_linear_time() {
+        let started = std::time::Instant::now();
+        let mut s = ArgumentScanner::default();
+        s.feed(r#"{"language": "python", "code": ""#);
+        let piece = "print(1)\\n";
+        for _ in 0..(4 << 20) / piece.len() {
+            s.feed(piece);
+        }
+        assert_eq!(s.code().unwrap().len(), (4 << 20) / piece.len() * 9);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
     fn holding_back_is_decided_by_the_start() {
         assert!(may_be_tool_text("  {\"na"));
         assert!(may_be_tool_text("<tool"));
@@ -579,6 +801,27 @@ mod tests {
         let chars: Vec<String> = text.chars().map(|c| c.to_string()).collect();
         let refs: Vec<&str> = chars.iter().map(String::as_str).collect();
         assert_eq!(parse_all(&refs), want);
+    }
+
+    /// A line that may still become a fence (whitespace, or a backtick, and no line end)
+    /// was trimmed again for every piece: quadratic. Each character is looked at once.
+    #[test]
+    fn a_long_line_that_may_be_a_fence_is_read_in_linear_time() {
+        let started = std::time::Instant::now();
+        for start in ["", "`"] {
+            let mut p = FenceParser::default();
+            assert!(p.feed(start).is_empty());
+            for _ in 0..(2 << 20) {
+                assert!(p.feed(" ").is_empty());
+            }
+            let rest = p.feed("x\n");
+            assert_eq!(rest.len(), 1, "{start:?}");
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use super::prompt::{self, OutputBuffer, DECLINED};
 use super::{Answer, Event, SessionSlot, TurnEnd, Worker};
 use crate::core::code_interpreter::{ExecEvent, ExecOutcome, ExecRequest, ExecStatus, Session};
-use crate::core::llm::repair::{self, CodeRequest, FenceParser, TextPiece};
-use crate::core::llm::{EventStream, FinishReason, LlmError, StreamEvent};
+use crate::core::llm::repair::{self, ArgumentScanner, CodeRequest, FenceParser, TextPiece};
+use crate::core::llm::{self, EventStream, FinishReason, LlmError, StreamEvent, MAX_TOOL_CALLS};
 use crate::core::messages::{Chunk, Message, MessageType, Role, FORMAT_ACTIVE_LINE, FORMAT_OUTPUT};
 
 /// Why a step stopped the turn early.
@@ -173,7 +173,7 @@ impl Worker {
             LlmError::RateLimited {
                 retry_after: Some(after),
                 ..
-            } => (*after).min(Duration::from_secs(60)),
+            } => (*after).min(policy.max_retry_after),
             _ => doubled,
         }
     }
@@ -185,7 +185,7 @@ impl Worker {
         mut stream: EventStream,
         cancel: &CancellationToken,
     ) -> Result<Reply, ReadFailure> {
-        let mut r = ReplyReader::new(!self.functions);
+        let mut r = ReplyReader::new(!self.functions, self.config.max_reply_bytes);
         let mut cut_short = false;
         let outcome = loop {
             let next = tokio::select! {
@@ -202,6 +202,9 @@ impl Worker {
                 Some(Err(e)) => break Err(Stop::Model(e)),
                 Some(Ok(event)) => event,
             };
+            if let Err(e) = r.admit(&event) {
+                break Err(Stop::Model(e));
+            }
             match event {
                 StreamEvent::TextDelta(text) => {
                     for event in r.text(&text, self) {
@@ -217,15 +220,21 @@ impl Worker {
                     id: _,
                     name,
                     arguments,
-                } => {
-                    for event in r.tool_delta(index, name, &arguments, self) {
-                        self.emit(event).await;
+                } => match r.tool_delta(index, name, &arguments, self) {
+                    Ok(events) => {
+                        for event in events {
+                            self.emit(event).await;
+                        }
                     }
-                }
+                    Err(e) => break Err(Stop::Model(e)),
+                },
                 StreamEvent::Finished { usage, reason } => {
                     if let Some(u) = usage {
-                        self.usage.input_tokens += u.input_tokens;
-                        self.usage.output_tokens += u.output_tokens;
+                        // Counts from the server: saturating, never a panic.
+                        self.usage.input_tokens =
+                            self.usage.input_tokens.saturating_add(u.input_tokens);
+                        self.usage.output_tokens =
+                            self.usage.output_tokens.saturating_add(u.output_tokens);
                     }
                     cut_short = reason == FinishReason::Length;
                     break Ok(());
@@ -608,15 +617,21 @@ fn first_line(text: &str) -> &str {
 }
 
 /// The state of one streaming reply: prose (possibly held back in case it is a tool
-/// call written as text), text-mode fences, and tool calls being assembled.
+/// call written as text), text-mode fences, and tool calls being assembled. Bounded:
+/// the reply's size by `Config::max_reply_bytes`, its calls by [`MAX_TOOL_CALLS`].
 struct ReplyReader {
     text_mode: bool,
+    /// Bytes of text, tool names and arguments received, and the most allowed.
+    received: usize,
+    limit: usize,
     fence: FenceParser,
     /// Prose shown so far.
     prose: String,
     prose_open: bool,
     /// Prose not shown yet: it may turn out to be a tool call.
     held: String,
+    /// Bytes of `held`'s leading whitespace already skipped (each looked at once).
+    held_lead: usize,
     hold: Option<bool>,
     /// Text mode: the block being streamed.
     text_block: Option<(String, String, Option<String>)>,
@@ -628,21 +643,28 @@ struct ReplyReader {
 
 #[derive(Default)]
 struct Call {
+    /// The index the provider gave it: a key, never a position.
+    key: usize,
     name: String,
     arguments: String,
+    /// Reads the code out of the arguments as they stream (the first call only).
+    scanner: ArgumentScanner,
     /// The format its code chunks were started with, if streaming live.
     streamed_as: Option<String>,
     streamed_len: usize,
 }
 
 impl ReplyReader {
-    fn new(text_mode: bool) -> Self {
+    fn new(text_mode: bool, limit: usize) -> Self {
         ReplyReader {
             text_mode,
+            received: 0,
+            limit,
             fence: FenceParser::default(),
             prose: String::new(),
             prose_open: false,
             held: String::new(),
+            held_lead: 0,
             hold: None,
             text_block: None,
             text_block_done: false,
@@ -650,6 +672,26 @@ impl ReplyReader {
             blocks: Vec::new(),
             shown: false,
         }
+    }
+
+    /// Counts an event against the reply's size limit, before it is used: past the
+    /// limit the reply is stopped (what was shown is kept by [`ReplyReader::finish`]).
+    fn admit(&mut self, event: &StreamEvent) -> Result<(), LlmError> {
+        let bytes = match event {
+            StreamEvent::TextDelta(text) => text.len(),
+            StreamEvent::ToolCallDelta {
+                name, arguments, ..
+            } => arguments.len() + name.as_ref().map_or(0, String::len),
+            StreamEvent::Finished { .. } => 0,
+        };
+        self.received = self.received.saturating_add(bytes);
+        if self.received > self.limit {
+            return Err(LlmError::ReplyTooLarge {
+                what: "the model's reply",
+                limit: self.limit as u64,
+            });
+        }
+        Ok(())
     }
 
     fn text(&mut self, delta: &str, worker: &Worker) -> Vec<Event> {
@@ -732,11 +774,15 @@ impl ReplyReader {
     fn prose_piece(&mut self, text: &str, out: &mut Vec<Event>) {
         if self.hold.is_none() {
             self.held.push_str(text);
-            let start = self.held.trim_start();
-            if start.chars().count() < HOLD_DECISION && repair::may_be_tool_text(start) {
+            let rest = &self.held[self.held_lead..];
+            self.held_lead += rest.len() - rest.trim_start().len();
+            let start = &self.held[self.held_lead..];
+            if start.is_empty() {
                 return;
             }
-            if start.is_empty() {
+            if start.chars().take(HOLD_DECISION).count() < HOLD_DECISION
+                && repair::may_be_tool_text(start)
+            {
                 return;
             }
             self.hold = Some(repair::may_be_tool_text(start));
@@ -794,47 +840,59 @@ impl ReplyReader {
         self.show_prose(&held, out);
     }
 
+    /// A piece of tool call `index` (a key: calls are kept in order of appearance, at
+    /// most [`MAX_TOOL_CALLS`], whatever numbers a provider uses).
     fn tool_delta(
         &mut self,
         index: usize,
         name: Option<String>,
         arguments: &str,
         worker: &Worker,
-    ) -> Vec<Event> {
+    ) -> Result<Vec<Event>, LlmError> {
         let mut out = Vec::new();
-        while self.calls.len() <= index {
-            self.calls.push(Call::default());
-        }
-        let call = &mut self.calls[index];
+        let slot = match self.calls.iter().position(|c| c.key == index) {
+            Some(slot) => slot,
+            None if self.calls.len() >= MAX_TOOL_CALLS => {
+                return Err(llm::too_many_calls(format!("tool call {index}")))
+            }
+            None => {
+                self.calls.push(Call {
+                    key: index,
+                    ..Call::default()
+                });
+                self.calls.len() - 1
+            }
+        };
+        let call = &mut self.calls[slot];
         if let Some(name) = name {
             call.name.push_str(&name);
         }
         call.arguments.push_str(arguments);
         // Only the first call streams live: later ones are shown when they run, so that
         // each block's output follows it.
-        if index != 0 {
-            return out;
+        if slot != 0 {
+            return Ok(out);
         }
         if self.prose_open || !self.held.is_empty() {
             self.release_held(&mut out);
             self.close_prose(&mut out);
         }
         let call = &mut self.calls[0];
-        let (language, code) = repair::partial_arguments(&call.arguments);
-        let Some(code) = code else {
-            return out;
+        call.scanner.feed(arguments);
+        let Some(code) = call.scanner.code() else {
+            return Ok(out);
         };
         if call.streamed_as.is_none() {
-            let Some(format) = language.and_then(|l| {
+            let Some(format) = call.scanner.language().and_then(|l| {
                 worker
                     .config
                     .sandbox
                     .languages
-                    .resolve(&l)
+                    .resolve(l)
                     .ok()
                     .map(|l| l.name.clone())
             }) else {
-                return out;
+                return Ok(out);
             };
             out.push(Event::Chunk(Chunk::start(
                 Role::Assistant,
@@ -854,7 +912,7 @@ impl ReplyReader {
             )));
             call.streamed_len = code.len();
         }
-        out
+        Ok(out)
     }
 
     /// The end of the reply, complete or not: closes what is open and turns tool calls
