@@ -538,7 +538,17 @@ impl Session {
                 why.unwrap_or_else(|| "the sandbox container stopped".into())
             }
             (Some(Runtime::Host(mut child)), _) => {
-                let _ = child.kill().await;
+                // Its stdin closed first: a runner still able to act stops what its
+                // blocks left running on this machine before it goes.
+                if let Some(conn) = self.conn.take() {
+                    conn.shutdown().await;
+                }
+                if tokio::time::timeout(Duration::from_secs(1), child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
                 "the runner process stopped".into()
             }
             _ => "the sandbox stopped".into(),
