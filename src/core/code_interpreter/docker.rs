@@ -246,7 +246,10 @@ pub(crate) fn container_spec(
         // Equal to the memory limit: no swap on top of it.
         memory_swap: hardening.memory_bytes,
         nano_cpus: hardening.cpus.map(|c| (c * 1e9) as i64),
-        init: Some(hardening.init),
+        // Not Docker's init: the image's tini is PID 1, execute-only and so non-dumpable.
+        // Docker's runs readable as the sandbox's user, and code could write into its
+        // memory (/proc/1/mem) or onto the runner's stream (/proc/1/fd/1).
+        init: Some(false),
         // Gone with its runner, however oi ended (see the module's docs).
         auto_remove: Some(true),
         // Output travels over the attach stream only: a log on the daemon's disk would
@@ -590,7 +593,7 @@ mod tests {
             host.security_opt,
             Some(vec!["no-new-privileges".to_string()])
         );
-        assert_eq!(host.init, Some(true));
+        assert_eq!(host.init, Some(false), "the image's own init, not Docker's");
         assert!(host.pids_limit.is_some() && host.memory.is_some() && host.nano_cpus.is_some());
         let mounts = host.mounts.unwrap();
         assert!(host.binds.is_none());

@@ -73,7 +73,8 @@ runner, kernel = int(sys.argv[1]), int(sys.argv[2])
 log = open('/tmp/attack.log', 'w', buffering=1)
 libc = ctypes.CDLL(None, use_errno=True)
 libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-for name, pid in (('runner', runner), ('kernel', kernel)):
+# PID 1 (the container's init) holds the attached stdin and stdout too.
+for name, pid in (('init', 1), ('runner', runner), ('kernel', kernel)):
     ok = libc.ptrace(16, pid, None, None) == 0  # PTRACE_ATTACH
     log.write('ptrace %s: %s\n' % (name, 'attached' if ok else 'denied'))
     if ok:
@@ -83,14 +84,20 @@ forged = ''.join(json.dumps(f) + '\n' for i in range(1, 20) for f in (
     {'type': 'done', 'id': i, 'status': 'ok'},
     {'t': 'done', 'status': 'ok', 'block': i}))
 opened = {}
-for pid in (runner, kernel):
+for pid in (1, runner, kernel):
     for fd in range(0, 40):
         path = '/proc/%d/fd/%d' % (pid, fd)
         try:
             opened[path] = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
         except OSError as e:
-            if fd == 1 and pid == runner:
-                log.write('runner stdout: denied (%s)\n' % e.strerror)
+            if fd == 1 and pid in (1, runner):
+                log.write('%s stdout: denied (%s)\n' % ('init' if pid == 1 else 'runner', e.strerror))
+# Writing code into PID 1's memory would run it outside every filter.
+try:
+    os.open('/proc/1/mem', os.O_RDWR)
+    log.write('init mem: opened\n')
+except OSError as e:
+    log.write('init mem: denied (%s)\n' % e.strerror)
 log.write('opened: %s\n' % sorted(opened))
 end = time.time() + 4
 while time.time() < end:
@@ -121,7 +128,10 @@ print('attacker started')
     assert!(
         log.stdout.contains("ptrace runner: denied")
             && log.stdout.contains("ptrace kernel: denied")
+            && log.stdout.contains("ptrace init: denied")
             && log.stdout.contains("runner stdout: denied")
+            && log.stdout.contains("init stdout: denied")
+            && log.stdout.contains("init mem: denied")
             && log.stdout.contains("opened: []")
             && log.stdout.contains("attack over"),
         "{log:?}"
@@ -250,7 +260,7 @@ async fn d5_runner_exits_mid_block_when_its_stdin_closes() {
         )),
         host_config: Some(HostConfig {
             network_mode: Some("none".into()),
-            init: Some(true),
+            init: Some(false),
             readonly_rootfs: Some(true),
             tmpfs: Some(HashMap::from([(
                 "/tmp".to_string(),
