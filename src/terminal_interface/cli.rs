@@ -153,8 +153,9 @@ repository's is written by its authors, and code in the sandbox can write one in
 workspace. Until you trust it, oi applies what cannot weaken safety (tighter limits,
 the model, instructions, the workspace mode) and ignores, saying so, what could:
 unsafe, network, writable_root, keep_capabilities, user, looser limits or `none`,
-auto_run, api_base, api_key, provider, and the project image's dockerfile, packages
-and base image (their builds run with network access). Trust is recorded with the
+auto_run, api_base, api_key, provider, the sandbox image, declared languages, and the
+project image's dockerfile, packages and base image (their builds run with network
+access). Trust is recorded with the
 file's SHA-256 (and, for a project image, the fingerprint of its build folder and
 packages) in trust.toml beside your config.toml: a changed file is untrusted again.
 A project file owned by another user, or writable by anyone, is ignored whole.

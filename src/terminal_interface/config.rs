@@ -537,6 +537,9 @@ impl Resolved {
     }
 }
 
+/// The most output per block a model may be sent, in characters.
+const MAX_OUTPUT: usize = 1_000_000;
+
 /// The model used when none is configured.
 pub const DEFAULT_MODEL: &str = "gpt-4o";
 const LOCAL_API_BASE: &str = "http://localhost:11434/v1";
@@ -799,6 +802,13 @@ pub fn core_config(
     config.custom_instructions = settings.custom_instructions.clone();
     config.auto_run = settings.auto_run.unwrap_or(false);
     if let Some(n) = settings.max_output {
+        // Kept in memory and sent with every later request: a bound whatever sets it.
+        if n > MAX_OUTPUT {
+            bail!(
+                "{}: at most {MAX_OUTPUT} characters (more would not fit a model's context)",
+                name("max_output")
+            );
+        }
         config.max_output = n.max(100);
     }
     if let Some(n) = settings.max_iterations {

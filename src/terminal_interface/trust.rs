@@ -225,6 +225,12 @@ pub fn loosens(key: &str, value: &toml::Value, below: &dyn Below) -> bool {
         | "sandbox.apt_packages"
         | "sandbox.pip_packages"
         | "sandbox.base_image" => true,
+        // The image is where the runner and its guards come from: an older oi image
+        // still on the machine, or any other, may not have them.
+        "sandbox.image" => true,
+        // A declared language's command runs every block of it, and is never shown
+        // with the code it runs (with --unsafe, on this machine).
+        "sandbox.languages" => true,
         "sandbox.memory" | "sandbox.workspace_size" => {
             looser_limit(value, below.below(key), default_limit(key), size_of)
         }
@@ -446,6 +452,8 @@ mod tests {
             ("sandbox.workspace_size", "\"8g\""),
             ("sandbox.dockerfile", "\"Dockerfile\""),
             ("sandbox.pip_packages", "[\"x\"]"),
+            ("sandbox.image", "\"oi-sandbox:old\""),
+            ("sandbox.languages", "[\"node:js:node {file}\"]"),
             ("max_iterations", "1000"),
         ] {
             assert!(loosens(key, &v(value), &Defaults), "{key} = {value}");
@@ -461,7 +469,6 @@ mod tests {
             ("sandbox.timeout", "30"),
             ("sandbox.workspace", "\"ro\""),
             ("sandbox.workspace", "\"none\""),
-            ("sandbox.languages", "[\"node:js:node {file}\"]"),
             ("max_iterations", "5"),
         ] {
             assert!(!loosens(key, &v(value), &Defaults), "{key} = {value}");
