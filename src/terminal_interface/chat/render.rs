@@ -69,6 +69,8 @@ pub struct Renderer<W: Write, E: Write> {
     /// hashed so that memory stays bounded however long the code.
     shown_code: Sha256,
     shown_newlines: usize,
+    /// The language the block drawn last was headed with.
+    shown_language: String,
     image_dir: PathBuf,
     images: usize,
     /// Whether the last thing written ended a line.
@@ -89,6 +91,7 @@ impl<W: Write, E: Write> Renderer<W, E> {
             output: Self::output_filter(style),
             shown_code: Sha256::new(),
             shown_newlines: 0,
+            shown_language: String::new(),
             image_dir,
             images: 0,
             at_line_start: true,
@@ -148,18 +151,20 @@ impl<W: Write, E: Write> Renderer<W, E> {
         }
     }
 
-    /// Before a block is confirmed: if the code that will run is not exactly the code
-    /// drawn for it (a repair changed it, or it never streamed), draws it again, so
-    /// that the question is always about what is on the screen.
+    /// Before a block is confirmed: if the code that will run, or the language it runs
+    /// as, is not exactly what was drawn for it (a repair changed it, two parsers read a
+    /// hostile call differently, or it never streamed), draws it again, so that the
+    /// question is always about what is on the screen.
     pub fn confirmation(&mut self, language: &str, code: &str) -> std::io::Result<()> {
         self.finish_open()?;
         let expected = Sha256::digest(code.trim_end_matches('\n'));
-        if self.shown_code.clone().finalize() == expected {
+        if self.shown_code.clone().finalize() == expected && self.shown_language == language {
             return Ok(());
         }
         self.diagnostic(
             YELLOW,
-            "oi: the code to run differs from what was shown above; this is what will run:",
+            "oi: the code to run differs from what was shown above (or runs as another \
+             language); this is what will run:",
         )?;
         let format = Some(language.to_string());
         self.chunk(&Chunk::start(
@@ -215,6 +220,7 @@ impl<W: Write, E: Write> Renderer<W, E> {
                     writeln!(self.out, "{head}")?;
                     self.shown_code = Sha256::new();
                     self.shown_newlines = 0;
+                    self.shown_language = language.clone();
                     self.open = Open::Code(language);
                 }
                 MessageType::Console => {
@@ -809,11 +815,22 @@ mod tests {
         );
         assert_eq!(
             err,
-            "oi: the code to run differs from what was shown above; this is what will run:\n"
+            "oi: the code to run differs from what was shown above (or runs as another \
+             language); this is what will run:\n"
         );
         // Nothing was drawn for it at all.
         let (out, _) = render_events(Style::Plain, &[confirm("print(3)")]);
         assert_eq!(out, "```python\nprint(3)\n```\n");
+        // The same code, drawn as python, runs as shell (a call whose arguments name
+        // the language twice): drawn again under the language it runs as.
+        let mut events = code_block(&["print(1)\n"]);
+        events.push(Event::Confirmation {
+            language: "shell".into(),
+            code: "print(1)".into(),
+        });
+        let (out, err) = render_events(Style::Plain, &events);
+        assert_eq!(out, "```python\nprint(1)\n```\n```shell\nprint(1)\n```\n");
+        assert!(err.contains("differs from what was shown"), "{err}");
     }
 
     /// D8: 100 MB of output with no line break; the renderer keeps a bounded amount.

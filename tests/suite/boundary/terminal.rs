@@ -240,13 +240,17 @@ async fn d3_the_confirmation_shows_every_character_that_will_run() {
     // 2. A repair changes the code after it streamed: with the key twice, the stream
     //    shows the first value, the parsed call runs the second.
     let twice = r#"{"language": "python", "code": "print('shown')", "code": "open('pwned-repair', 'w').close()"}"#;
+    // 3. The same code, streamed as one language, parsed as another (the language key
+    //    twice: the live scanner keeps the first, the parser the last).
+    let polyglot = r#"{"language": "python", "code": "touch pwned-shell", "language": "shell"}"#;
     let server = ScriptedServer::start(vec![
         openai::execute("python", hidden),
         openai::call("execute", twice),
+        openai::call("execute", polyglot),
     ])
     .await;
     let home = Home::new();
-    let (first, second) = tokio::task::block_in_place(|| {
+    let (first, second, third) = tokio::task::block_in_place(|| {
         let mut p = home.chat(&server, &[]);
         p.expect("> ");
         p.send_line("hello");
@@ -262,8 +266,15 @@ async fn d3_the_confirmation_shows_every_character_that_will_run() {
         p.send_line("n");
         p.expect("The user declined to run this code.");
         p.expect("> ");
+        let at = p.log.len();
+        p.send_line("once more");
+        p.expect("Run this code?");
+        let third = String::from_utf8_lossy(&p.log[at..]).into_owned();
+        p.send_line("n");
+        p.expect("The user declined to run this code.");
+        p.expect("> ");
         p.leave();
-        (first, second)
+        (first, second, third)
     });
     assert_nothing_obeyed(&first);
     assert!(
@@ -282,7 +293,14 @@ async fn d3_the_confirmation_shows_every_character_that_will_run() {
         second[warned + real..].contains("Run this code?"),
         "{second:?}"
     );
-    for declined in ["pwned-hidden", "pwned-repair"] {
+    let warned = third
+        .find("runs as another language")
+        .unwrap_or_else(|| panic!("no warning:\n{third:?}"));
+    assert!(
+        third[warned..].contains("shell") && third[warned..].contains("touch pwned-shell"),
+        "the language it runs as is shown:\n{third:?}"
+    );
+    for declined in ["pwned-hidden", "pwned-repair", "pwned-shell"] {
         assert!(!home.project().join(declined).exists(), "{declined} ran");
     }
 }
