@@ -219,6 +219,7 @@ impl RunnerConnection {
             failure: self.failure.clone(),
             timeout,
             escalation,
+            images: ImageBudget::default(),
             _turn: turn,
         };
         tokio::spawn(task.run(preface));
@@ -401,7 +402,49 @@ struct ExecTask {
     failure: Failure,
     timeout: Option<Duration>,
     escalation: Escalation,
+    images: ImageBudget,
     _turn: OwnedMutexGuard<()>,
+}
+
+/// How many images one block may hand to the host, and how many bytes in all: each is
+/// bounded by the runner, their number is bounded here, since every one is saved as a
+/// file, drawn, and kept in the conversation.
+pub const MAX_IMAGES_PER_BLOCK: usize = 16;
+pub const MAX_IMAGE_BYTES_PER_BLOCK: usize = 32 << 20;
+
+/// What one block has spent of its images.
+#[derive(Debug, Default)]
+struct ImageBudget {
+    count: usize,
+    bytes: usize,
+    /// Whether the user was told that the rest are dropped.
+    told: bool,
+}
+
+impl ImageBudget {
+    /// The event to forward for an image: itself while the budget lasts, then one
+    /// notice, then nothing.
+    fn admit(&mut self, event: ExecEvent) -> Option<ExecEvent> {
+        let ExecEvent::Image { data, .. } = &event else {
+            return Some(event);
+        };
+        if self.count < MAX_IMAGES_PER_BLOCK && self.bytes + data.len() <= MAX_IMAGE_BYTES_PER_BLOCK
+        {
+            self.count += 1;
+            self.bytes += data.len();
+            return Some(event);
+        }
+        if std::mem::replace(&mut self.told, true) {
+            return None;
+        }
+        Some(ExecEvent::Notice {
+            message: format!(
+                "the block displayed more images than oi keeps for one block ({MAX_IMAGES_PER_BLOCK}, \
+                 {} MiB in all): the rest were dropped",
+                MAX_IMAGE_BYTES_PER_BLOCK >> 20
+            ),
+        })
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -422,7 +465,11 @@ impl ExecTask {
 
     async fn pump(&mut self) -> ExecOutcome {
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        let timeout_at = self.timeout.map(|t| Instant::now() + t).unwrap_or(far);
+        // checked: a library caller's Duration::MAX means "never", not a panic.
+        let timeout_at = self
+            .timeout
+            .and_then(|t| Instant::now().checked_add(t))
+            .unwrap_or(far);
         let mut stop: Option<StopReason> = None;
         let mut kill_at = far;
         let mut killed = false;
@@ -461,7 +508,12 @@ impl ExecTask {
                 Some(Frame::Stderr { data, .. }) => ExecEvent::Stderr { text: data },
                 Some(Frame::Notice { message, .. }) => ExecEvent::Notice { message },
                 Some(Frame::ActiveLine { line, .. }) => ExecEvent::ActiveLine { line },
-                Some(Frame::Image { format, data, .. }) => image_event(format, &data),
+                Some(Frame::Image { format, data, .. }) => {
+                    match self.images.admit(image_event(format, &data)) {
+                        Some(event) => event,
+                        None => continue,
+                    }
+                }
                 Some(Frame::Error { message, .. }) => ExecEvent::Stderr {
                     text: format!("oi runner: {message}\n"),
                 },
@@ -589,6 +641,39 @@ fn human(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_block_s_images_are_bounded_in_number_and_bytes() {
+        let image = |len: usize| ExecEvent::Image {
+            format: "png".into(),
+            data: vec![0; len],
+        };
+        let mut budget = ImageBudget::default();
+        for _ in 0..MAX_IMAGES_PER_BLOCK {
+            assert!(matches!(
+                budget.admit(image(10)),
+                Some(ExecEvent::Image { .. })
+            ));
+        }
+        assert!(matches!(
+            budget.admit(image(10)),
+            Some(ExecEvent::Notice { .. })
+        ));
+        assert!(budget.admit(image(10)).is_none(), "told once");
+        assert!(matches!(
+            budget.admit(ExecEvent::Stdout { text: "x".into() }),
+            Some(ExecEvent::Stdout { .. })
+        ));
+        let mut budget = ImageBudget::default();
+        assert!(matches!(
+            budget.admit(image(MAX_IMAGE_BYTES_PER_BLOCK - 1)),
+            Some(ExecEvent::Image { .. })
+        ));
+        assert!(matches!(
+            budget.admit(image(2)),
+            Some(ExecEvent::Notice { .. })
+        ));
+    }
 
     #[test]
     fn images_are_only_taken_in_listed_formats_and_valid_base64() {

@@ -23,6 +23,7 @@ pub mod protocol;
 mod session;
 mod settings;
 
+pub use connection::{MAX_IMAGES_PER_BLOCK, MAX_IMAGE_BYTES_PER_BLOCK};
 pub use docker::SandboxInfo;
 pub use error::{Result, SandboxError};
 pub use execution::{CollectedOutput, ExecEvent, ExecOutcome, ExecRequest, ExecStatus, Execution};

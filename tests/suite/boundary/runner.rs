@@ -884,3 +884,44 @@ async fn d15_malformed_requests_do_not_kill_the_runner() {
     assert_eq!(frames[0]["data"], "served\n", "{frames:?}");
     assert_eq!(frames.last().unwrap()["status"], "ok");
 }
+
+/// Each image is bounded by the runner; their number per block is bounded by the host
+/// (each is saved as a file, drawn, and kept in the conversation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_block_cannot_flood_the_host_with_images() {
+    let Some((_engine, mut s)) = session_with(Backend::Docker, |_| {}).await else {
+        return;
+    };
+    let out = run(
+        &mut s,
+        "python",
+        "import oi_kernel\nfor i in range(40):\n    oi_kernel.emit_png(b'\\x89PNG\\r\\n\\x1a\\n' + bytes(1000))\nprint('done')",
+    )
+    .await;
+    assert_ok(&out);
+    assert_eq!(out.stdout, "done\n");
+    assert_eq!(
+        out.images.len(),
+        oi::core::code_interpreter::MAX_IMAGES_PER_BLOCK,
+        "{:?}",
+        out.notices
+    );
+    assert_eq!(
+        out.notices
+            .iter()
+            .filter(|n| n.contains("the rest were dropped"))
+            .count(),
+        1,
+        "{:?}",
+        out.notices
+    );
+    // The next block has a budget of its own.
+    let next = run(
+        &mut s,
+        "python",
+        "import oi_kernel\noi_kernel.emit_png(b'\\x89PNG')",
+    )
+    .await;
+    assert_eq!(next.images.len(), 1);
+    s.close().await.unwrap();
+}
