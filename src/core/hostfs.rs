@@ -547,17 +547,25 @@ pub fn save(path: &Path, contents: &[u8]) -> Result<()> {
 }
 
 /// Reads the file at `path`, refusing a link in any component.
-pub fn read_to_string(path: &Path) -> Result<String> {
+///
+/// At most `max` bytes: a planted file may claim any size (a sparse one costs no disk).
+pub fn read_to_string(path: &Path, max: u64) -> Result<String> {
     use std::io::Read;
     let (folder, name) = split(path)?;
-    let mut file = Dir::open(&folder)?.open_file(&name)?;
+    let file = Dir::open(&folder)?.open_file(&name)?;
+    let io = |source| HostFsError::Io {
+        action: "reading",
+        path: path.to_path_buf(),
+        source,
+    };
     let mut text = String::new();
-    file.read_to_string(&mut text)
-        .map_err(|source| HostFsError::Io {
-            action: "reading",
-            path: path.to_path_buf(),
-            source,
-        })?;
+    file.take(max + 1).read_to_string(&mut text).map_err(io)?;
+    if text.len() as u64 > max {
+        return Err(io(std::io::Error::other(format!(
+            "larger than the {} MiB oi reads",
+            max >> 20
+        ))));
+    }
     Ok(text)
 }
 
@@ -669,7 +677,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 3);
         // Reading refuses a link, and a pipe (which would never end).
         symlink(&victim, tmp.path().join("in.json")).unwrap();
-        let err = read_to_string(&tmp.path().join("in.json")).unwrap_err();
+        let err = read_to_string(&tmp.path().join("in.json"), 1 << 20).unwrap_err();
         assert!(matches!(err, HostFsError::Link { .. }), "{err}");
         rustix::fs::mknodat(
             rustix::fs::CWD,
@@ -679,9 +687,10 @@ mod tests {
             0,
         )
         .unwrap();
-        let err = read_to_string(&tmp.path().join("fifo.json")).unwrap_err();
+        let err = read_to_string(&tmp.path().join("fifo.json"), 1 << 20).unwrap_err();
         assert!(matches!(err, HostFsError::NotAFile { .. }), "{err}");
-        assert_eq!(read_to_string(&saved).unwrap(), "[1]");
+        assert_eq!(read_to_string(&saved, 1 << 20).unwrap(), "[1]");
+        assert!(read_to_string(&saved, 2).is_err(), "over the bound");
     }
 
     #[test]

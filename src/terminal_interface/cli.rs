@@ -292,7 +292,13 @@ pub enum SandboxCommand {
     /// Copy into or out of a sandbox's workspace: one side is CONTAINER:PATH (CONTAINER
     /// as `oi sandbox ls` shows it); e.g. `oi sandbox cp data.csv 3fa9:` or
     /// `oi sandbox cp 3fa9:out/report.md .`
-    Cp { source: String, dest: String },
+    Cp {
+        source: String,
+        dest: String,
+        /// The most a copy out may take (sparse files count at their full size).
+        #[arg(long, value_name = "SIZE", default_value = "1g")]
+        limit: String,
+    },
     /// Remove containers by id, id prefix or name.
     Rm {
         #[arg(required = true)]

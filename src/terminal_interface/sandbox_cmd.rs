@@ -72,7 +72,13 @@ pub async fn run(command: SandboxCommand) -> Result<u8, Failure> {
             }
             Ok(0)
         }
-        SandboxCommand::Cp { source, dest } => {
+        SandboxCommand::Cp {
+            source,
+            dest,
+            limit,
+        } => {
+            let limit = super::setup::parse_size(&limit)
+                .map_err(|e| Failure::usage(e.context("--limit")))?;
             let engine = connect().await?;
             let remote = |s: &str| -> Option<(String, String)> {
                 let (container, path) = s.split_once(':')?;
@@ -101,7 +107,7 @@ pub async fn run(command: SandboxCommand) -> Result<u8, Failure> {
                 }
                 (Some((container, path)), None) => {
                     let written = engine
-                        .copy_out(&container, &path, std::path::Path::new(&dest))
+                        .copy_out(&container, &path, std::path::Path::new(&dest), limit as u64)
                         .await?;
                     // The names were chosen in the sandbox.
                     for file in written {

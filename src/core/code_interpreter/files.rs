@@ -243,11 +243,15 @@ fn pack(source: &Path, name: &str, uid: u64, gid: u64) -> Result<File> {
 
 /// Copies a sandbox file or folder (inside the workspace) into the host folder `dest`.
 /// Existing files are not overwritten. Returns the paths written.
+///
+/// At most `limit` bytes of archive are taken (a sparse file is as large in the archive
+/// as it claims to be: a tmpfs holds a "1 PB" file that Docker would expand).
 pub async fn download(
     docker: &Docker,
     container: &str,
     source: &str,
     dest: &Path,
+    limit: u64,
 ) -> Result<Vec<PathBuf>> {
     let source = workspace_path(source)?;
     let options = DownloadFromContainerOptions {
@@ -255,6 +259,7 @@ pub async fn download(
     };
     let mut stream = docker.download_from_container(container, Some(options));
     let mut tar = tempfile::tempfile().map_err(io_error("a temporary file"))?;
+    let mut taken = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| match e {
             bollard::errors::Error::DockerResponseServerError {
@@ -265,6 +270,15 @@ pub async fn download(
             }
             other => SandboxError::docker("copy out of the sandbox")(other),
         })?;
+        taken += chunk.len() as u64;
+        if taken > limit {
+            return Err(refused(format!(
+                "{source} is more than {} to copy out (sparse files count at their full size); \
+                 nothing was written: copy a smaller part, or allow more (--workspace-size, \
+                 or `oi sandbox cp --limit`)",
+                super::settings::bytes(limit.min(i64::MAX as u64) as i64)
+            )));
+        }
         tar.write_all(&chunk)
             .map_err(io_error("buffering the copy"))?;
     }

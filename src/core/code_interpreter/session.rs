@@ -24,6 +24,10 @@ use super::host;
 use super::image::{self, BuildProgress};
 use super::settings::{Backend, Hardening, SandboxConfig};
 
+/// What an archive adds to the files it carries (headers, padding), allowed on top of a
+/// copy's limit.
+const COPY_SLACK: u64 = 16 << 20;
+
 /// What sessions share: the configuration and, for the Docker backend, the client.
 ///
 /// # Examples
@@ -356,15 +360,17 @@ impl Engine {
     }
 
     /// Copies a sandbox's workspace file or folder out into the host folder `dest`.
+    /// Takes at most `limit` bytes (see [`files::download`]).
     pub async fn copy_out(
         &self,
         container: &str,
         source: &str,
         dest: &Path,
+        limit: u64,
     ) -> Result<Vec<PathBuf>> {
         let docker = self.docker_or_err()?;
         let (id, _) = self.find(container).await?;
-        files::download(docker, &id, source, dest).await
+        files::download(docker, &id, source, dest, limit).await
     }
 
     /// The one oi container `reference` names, and the user its code runs as.
@@ -453,7 +459,10 @@ impl Session {
     pub async fn download(&self, source: &str, dest: &Path) -> Result<Vec<PathBuf>> {
         match (&self.runtime, &self.engine.docker) {
             (Some(Runtime::Container(id)), Some(docker)) => {
-                files::download(docker, id, source, dest).await
+                // A private workspace holds at most this much; a mounted one's files are
+                // on this machine already.
+                let limit = self.engine.config.hardening.workspace_bytes.max(0) as u64;
+                files::download(docker, id, source, dest, limit + COPY_SLACK).await
             }
             _ => Err(SandboxError::Files {
                 message: "--unsafe runs on this machine: its files are already here".into(),

@@ -32,6 +32,10 @@ Magic commands:
   %download <path> [dir]  copy a workspace file or folder out, here (or into dir)
 Ctrl-C stops the model or the running code; Ctrl-C on an empty prompt or Ctrl-D leaves.";
 
+/// The largest conversation `%load_message` reads (the file may have been planted by
+/// code in the sandbox, claiming any size).
+const MAX_LOAD_BYTES: u64 = 256 << 20;
+
 /// Runs one magic command line.
 pub async fn run(chat: &mut Chat, line: &str) -> anyhow::Result<()> {
     if let Some(command) = line.strip_prefix("%%") {
@@ -186,7 +190,7 @@ pub async fn run(chat: &mut Chat, line: &str) -> anyhow::Result<()> {
         "load_message" => {
             let path = PathBuf::from(arg.unwrap_or("messages.json"));
             // Not through a link either: the sandbox could point one at a host file.
-            let text = hostfs::read_to_string(&path)
+            let text = hostfs::read_to_string(&path, MAX_LOAD_BYTES)
                 .with_context(|| format!("reading {}", path.display()))?;
             let messages = parse_conversation(&text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;

@@ -510,3 +510,36 @@ async fn d3_sandbox_file_names_are_neutralised() {
     }
     s.close().await.unwrap();
 }
+
+/// A tmpfs holds a sparse file of any claimed size, and Docker's archive expands it: a
+/// copy out takes at most what a private workspace can really hold, and writes nothing
+/// when that is exceeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_sparse_file_cannot_fill_the_host_through_a_copy_out() {
+    let Some((_engine, mut s)) = session_with(Backend::Docker, |c| {
+        c.workspace = Workspace::Empty;
+        c.hardening.workspace_bytes = 32 << 20;
+    })
+    .await
+    else {
+        return;
+    };
+    let out = run(
+        &mut s,
+        "shell",
+        "truncate -s 10G /workspace/results.csv && echo small > /workspace/ok.txt && ls -l /workspace/results.csv",
+    )
+    .await;
+    assert!(out.stdout.contains("10737418240"), "{out:?}");
+    let dest = tempfile::tempdir().unwrap();
+    let err = s
+        .download("results.csv", dest.path())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is more than 48 MiB to copy out"), "{err}");
+    assert_eq!(std::fs::read_dir(dest.path()).unwrap().count(), 0);
+    let written = s.download("ok.txt", dest.path()).await.unwrap();
+    assert_eq!(written.len(), 1);
+    s.close().await.unwrap();
+}
