@@ -45,6 +45,8 @@ pub struct Settings {
     pub vision: Option<bool>,
     /// Seconds a model's stream may stay silent.
     pub idle_timeout: Option<f64>,
+    /// Seconds one model reply may take in all.
+    pub reply_timeout: Option<f64>,
     pub verbose: Option<bool>,
     pub sandbox: Option<SandboxSettings>,
 }
@@ -777,6 +779,9 @@ pub fn core_config(
         .find_map(|v| std::env::var(v).ok());
     if let Some(secs) = settings.idle_timeout {
         endpoint.idle_timeout = setup::seconds(secs).with_context(|| name("idle_timeout"))?;
+    }
+    if let Some(secs) = settings.reply_timeout {
+        endpoint.reply_timeout = setup::seconds(secs).with_context(|| name("reply_timeout"))?;
     }
     let mut config = Config::new(model, endpoint);
     config.tool_mode = settings.tool_mode.unwrap_or_default();

@@ -62,7 +62,10 @@ impl Provider for Anthropic {
                     model: &request.model,
                     key_setting: &self.endpoint.key_setting,
                 },
-                self.endpoint.idle_timeout,
+                sse::Timing {
+                    idle: self.endpoint.idle_timeout,
+                    total: self.endpoint.reply_timeout,
+                },
                 EventDecoder::default(),
             )
             .await

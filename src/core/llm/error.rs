@@ -65,6 +65,11 @@ pub enum LlmError {
     #[error("the model's stream stalled: nothing arrived for {} s", .after.as_secs())]
     Stalled { after: Duration },
 
+    /// The whole reply took longer than the endpoint's `reply_timeout` (a server that
+    /// trickles keep-alives just inside the idle timeout). Not retried.
+    #[error("the model's reply took longer than {} s, the most oi waits for one (reply_timeout); it was stopped", .after.as_secs())]
+    TooSlow { after: Duration },
+
     /// The stream ended before the reply was complete. Retried if nothing was shown yet.
     #[error("the model's stream ended before the reply was complete ({detail})")]
     Truncated { detail: String },
@@ -125,6 +130,7 @@ impl LlmError {
             | LlmError::ToolsUnsupported { .. }
             | LlmError::Malformed { .. }
             | LlmError::ReplyTooLarge { .. }
+            | LlmError::TooSlow { .. }
             | LlmError::Client(_) => false,
         }
     }
@@ -140,6 +146,7 @@ impl LlmError {
             LlmError::Rejected { .. } => "rejected",
             LlmError::ToolsUnsupported { .. } => "tools_unsupported",
             LlmError::Stalled { .. } => "stalled",
+            LlmError::TooSlow { .. } => "too_slow",
             LlmError::Truncated { .. } => "truncated",
             LlmError::Malformed { .. } => "malformed",
             LlmError::ReplyTooLarge { .. } => "reply_too_large",

@@ -176,6 +176,8 @@ pub struct Endpoint {
     pub key_setting: String,
     /// The longest a stream may stay silent before it counts as stalled.
     pub idle_timeout: Duration,
+    /// The longest one reply may take in all, however steadily it trickles.
+    pub reply_timeout: Duration,
     /// How long connecting may take.
     pub connect_timeout: Duration,
     /// An HTTP(S) proxy for the model's server (front ends take it from `HTTPS_PROXY`).
@@ -204,6 +206,9 @@ impl Endpoint {
             api_key,
             key_setting: "OPENAI_API_KEY or --api-key".into(),
             idle_timeout: Duration::from_secs(120),
+            // Long enough for a slow local model's longest reply, short enough that a
+            // server trickling keep-alives cannot hold a CI job for ever.
+            reply_timeout: Duration::from_secs(30 * 60),
             connect_timeout: Duration::from_secs(10),
             proxy: None,
             no_proxy: None,
@@ -389,10 +394,10 @@ pub(crate) async fn open_stream<P: Provider + ?Sized, D: FrameDecoder>(
     provider: &P,
     request: reqwest::RequestBuilder,
     failure: http::Failure<'_>,
-    idle: Duration,
+    timing: sse::Timing,
     decoder: D,
 ) -> Result<EventStream> {
-    let response = match http::send(request, failure, idle).await {
+    let response = match http::send(request, failure, timing.idle).await {
         Err(LlmError::UnknownModel { model, url, .. }) => {
             let available = provider.models().await.unwrap_or_default();
             return Err(LlmError::UnknownModel {
@@ -403,7 +408,7 @@ pub(crate) async fn open_stream<P: Provider + ?Sized, D: FrameDecoder>(
         }
         other => other?,
     };
-    let frames = sse::frames(Box::pin(response.bytes_stream()), idle);
+    let frames = sse::frames(Box::pin(response.bytes_stream()), timing);
     Ok(decode_frames(frames, decoder))
 }
 

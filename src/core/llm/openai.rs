@@ -55,7 +55,10 @@ impl Provider for OpenAi {
                     model: &request.model,
                     key_setting: &self.endpoint.key_setting,
                 },
-                self.endpoint.idle_timeout,
+                sse::Timing {
+                    idle: self.endpoint.idle_timeout,
+                    total: self.endpoint.reply_timeout,
+                },
                 ChunkDecoder::default(),
             )
             .await

@@ -160,17 +160,25 @@ fn too_long(start: &[u8]) -> LlmError {
 /// line over [`MAX_LINE`] with [`LlmError::Malformed`]; a body over [`MAX_BODY`] with
 /// [`LlmError::ReplyTooLarge`]. The stream ends (`None`) when the body does, or after
 /// the first error.
-pub fn frames<S, E>(body: S, idle: Duration) -> impl Stream<Item = Result<SseFrame>>
+pub fn frames<S, E>(body: S, timing: Timing) -> impl Stream<Item = Result<SseFrame>>
 where
     S: Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin + 'static,
     E: std::fmt::Display,
 {
-    frames_within(body, idle, MAX_BODY)
+    frames_within(body, timing, MAX_BODY)
+}
+
+/// How long a stream may take: per read (`idle`) and in all (`total`), so that a server
+/// that trickles a keep-alive just inside the idle timeout cannot hold a turn forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub idle: Duration,
+    pub total: Duration,
 }
 
 fn frames_within<S, E>(
     body: S,
-    idle: Duration,
+    timing: Timing,
     max_body: u64,
 ) -> impl Stream<Item = Result<SseFrame>>
 where
@@ -183,14 +191,21 @@ where
         queue: std::collections::VecDeque<SseFrame>,
         received: u64,
         done: bool,
+        deadline: tokio::time::Instant,
     }
+    let now = tokio::time::Instant::now();
     let state = State {
         body,
         decoder: SseDecoder::default(),
         queue: Default::default(),
         received: 0,
         done: false,
+        // Checked: a caller's Duration::MAX means "no limit", not a panic.
+        deadline: now
+            .checked_add(timing.total)
+            .unwrap_or(now + Duration::from_secs(365 * 24 * 3600)),
     };
+    let idle = timing.idle;
     futures::stream::unfold(state, move |mut st| async move {
         loop {
             if let Some(frame) = st.queue.pop_front() {
@@ -199,7 +214,13 @@ where
             if st.done {
                 return None;
             }
-            let failure = match tokio::time::timeout(idle, st.body.next()).await {
+            let left = st
+                .deadline
+                .saturating_duration_since(tokio::time::Instant::now());
+            let failure = match tokio::time::timeout(idle.min(left), st.body.next()).await {
+                Err(_) if left <= idle => LlmError::TooSlow {
+                    after: timing.total,
+                },
                 Err(_) => LlmError::Stalled { after: idle },
                 Ok(None) => {
                     st.done = true;
@@ -242,6 +263,30 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn regression_a_trickling_server_cannot_hold_a_reply_for_ever() {
+        // A keep-alive comment every 20 ms: never idle for the 200 ms allowed, and no
+        // reply either; the whole reply may take 500 ms.
+        let body = futures::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Some((Ok::<_, String>(Bytes::from_static(b": still here\n\n")), ()))
+        });
+        let started = std::time::Instant::now();
+        let mut s = Box::pin(frames(
+            Box::pin(body),
+            Timing {
+                idle: Duration::from_millis(200),
+                total: Duration::from_millis(500),
+            },
+        ));
+        assert!(matches!(
+            s.next().await,
+            Some(Err(LlmError::TooSlow { .. }))
+        ));
+        assert!(s.next().await.is_none());
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
 
     #[test]
     fn parses_frames_split_anywhere() {
@@ -344,7 +389,14 @@ mod tests {
     async fn an_endless_body_of_keep_alives_is_stopped() {
         let ping = Bytes::from(": ping\n\n".repeat(1024));
         let body = futures::stream::iter(std::iter::repeat(ping).map(Ok::<_, String>));
-        let mut s = Box::pin(frames_within(body, Duration::from_secs(5), 1 << 20));
+        let mut s = Box::pin(frames_within(
+            body,
+            Timing {
+                idle: Duration::from_secs(5),
+                total: Duration::from_secs(60),
+            },
+            1 << 20,
+        ));
         assert!(matches!(
             s.next().await,
             Some(Err(LlmError::ReplyTooLarge { limit: 1048576, .. }))
@@ -355,7 +407,13 @@ mod tests {
     #[tokio::test]
     async fn a_silent_body_stalls() {
         let body = futures::stream::pending::<std::result::Result<Bytes, String>>();
-        let mut s = Box::pin(frames(body, Duration::from_millis(50)));
+        let mut s = Box::pin(frames(
+            body,
+            Timing {
+                idle: Duration::from_millis(50),
+                total: Duration::from_secs(60),
+            },
+        ));
         assert!(matches!(
             s.next().await,
             Some(Err(LlmError::Stalled { .. }))
