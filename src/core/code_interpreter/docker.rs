@@ -154,10 +154,11 @@ impl Owner {
     }
 }
 
-/// Where this process runs, as far as pids go: the kernel's boot id and this PID
-/// namespace, hashed. Two oi processes with the same identity see each other's pids;
-/// with different ones (another host on a shared daemon, a dev container, a CI job)
-/// neither may judge the other's liveness. When either fact is unreadable the identity
+/// Where this process runs, as far as pids go: the kernel's boot id, this PID
+/// namespace and this user, hashed. Two oi processes with the same identity see each
+/// other's pids; with different ones (another host on a shared daemon, a dev container,
+/// a CI job, another user, whose processes `/proc` may hide with `hidepid`) neither may
+/// judge the other's liveness. When either fact is unreadable the identity
 /// is unique to this process, so that nothing of anyone else's is ever swept.
 pub fn host_identity() -> &'static str {
     static IDENTITY: OnceLock<String> = OnceLock::new();
@@ -170,6 +171,8 @@ pub fn host_identity() -> &'static str {
                 hash.update(boot.trim().as_bytes());
                 hash.update(b"\n");
                 hash.update(ns.to_string_lossy().as_bytes());
+                hash.update(b"\n");
+                hash.update(rustix::process::geteuid().as_raw().to_string().as_bytes());
             }
             _ => hash.update(format!("{}:{}", std::process::id(), new_session_id()).as_bytes()),
         }
