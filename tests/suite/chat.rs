@@ -50,26 +50,10 @@ impl Home {
     /// `oi` with this home, in `cwd`, with no model settings from the outside.
     pub(crate) fn oi(&self, cwd: &Path) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_oi"));
+        super::isolate(cmd.as_std_mut(), self.path());
         cmd.current_dir(cwd)
-            .env("HOME", self.path())
-            .env("XDG_CONFIG_HOME", self.path().join("config"))
-            .env("XDG_DATA_HOME", self.path().join("data"))
-            .env("XDG_STATE_HOME", self.path().join("state"))
-            .env("XDG_CACHE_HOME", self.path().join("cache"))
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
-        for var in [
-            "OI_MODEL",
-            "OI_API_BASE",
-            "OI_API_KEY",
-            "OI_PROFILE",
-            "OPENAI_API_KEY",
-            "OPENAI_BASE_URL",
-            "ANTHROPIC_API_KEY",
-            "ANTHROPIC_BASE_URL",
-        ] {
-            cmd.env_remove(var);
-        }
         cmd
     }
 }

@@ -281,54 +281,58 @@ fn a_session_whose_owner_is_gone_shows_as_gone_and_a_later_start_removes_it() {
         let mut ended = std::process::Command::new("true").spawn().unwrap();
         let dead_pid = ended.id();
         ended.wait().unwrap();
-        let session = format!("test-gone-{}", std::process::id());
-        let labels = [
-            (docker::MANAGED_LABEL, "1".to_string()),
-            (docker::SESSION_LABEL, session.clone()),
-            (docker::OWNER_LABEL, format!("{dead_pid}:1")),
-            (
-                docker::OWNER_HOST_LABEL,
-                docker::host_identity().to_string(),
-            ),
-        ];
-        let body = bollard::models::ContainerCreateBody {
-            image: Some(tag.to_string()),
-            entrypoint: Some(vec!["sleep".into(), "60".into()]),
-            labels: Some(
-                labels
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect(),
-            ),
-            ..Default::default()
-        };
-        let id = docker
-            .create_container(
-                Some(
-                    bollard::query_parameters::CreateContainerOptionsBuilder::default()
-                        .name(&format!("oi-{session}"))
-                        .build(),
+        // Being abandoned, it may be swept by any oi that starts meanwhile (tests run in
+        // parallel): that is the behaviour too, so an attempt swept before it was seen
+        // is made again.
+        for attempt in 0..5 {
+            let session = format!("test-gone-{}-{attempt}", std::process::id());
+            let labels = [
+                (docker::MANAGED_LABEL, "1".to_string()),
+                (docker::SESSION_LABEL, session.clone()),
+                (docker::OWNER_LABEL, format!("{dead_pid}:1")),
+                (
+                    docker::OWNER_HOST_LABEL,
+                    docker::host_identity().to_string(),
                 ),
-                body,
-            )
-            .await
-            .unwrap()
-            .id;
-        docker.start_container(&id, None).await.unwrap();
-        let (_, listing, _) = output(oi().args(["sandbox", "ls"]));
-        let row = listing
-            .lines()
-            .find(|l| l.contains(&session))
-            .unwrap_or_else(|| panic!("listed: {listing}"));
-        assert!(row.contains("gone") && row.contains("running"), "{row}");
+            ];
+            let body = bollard::models::ContainerCreateBody {
+                image: Some(tag.to_string()),
+                entrypoint: Some(vec!["sleep".into(), "60".into()]),
+                labels: Some(
+                    labels
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect(),
+                ),
+                ..Default::default()
+            };
+            let options = bollard::query_parameters::CreateContainerOptionsBuilder::default()
+                .name(&format!("oi-{session}"))
+                .build();
+            let id = docker
+                .create_container(Some(options), body)
+                .await
+                .unwrap()
+                .id;
+            if docker.start_container(&id, None).await.is_err() {
+                continue;
+            }
+            let (_, listing, _) = output(oi().args(["sandbox", "ls"]));
+            let Some(row) = listing.lines().find(|l| l.contains(&session)) else {
+                continue;
+            };
+            assert!(row.contains("gone") && row.contains("running"), "{row}");
 
-        let (code, _, stderr) = output(oi().args(["exec", "-c", "pass"]));
-        assert_eq!(code, 0, "{stderr}");
-        let left = docker.inspect_container(&id, None).await;
-        if left.is_ok() {
-            docker::remove(&docker, &id).await.unwrap();
+            let (code, _, stderr) = output(oi().args(["exec", "-c", "pass"]));
+            assert_eq!(code, 0, "{stderr}");
+            let left = docker.inspect_container(&id, None).await;
+            if left.is_ok() {
+                docker::remove(&docker, &id).await.unwrap();
+            }
+            assert!(left.is_err(), "a later start swept the abandoned session");
+            return;
         }
-        assert!(left.is_err(), "a later start swept the abandoned session");
+        panic!("every attempt was swept before `oi sandbox ls` could show it");
     });
 }
 

@@ -47,15 +47,15 @@ async fn openai_chat(
     .await
 }
 
-/// One turn's events.
+/// One turn's events (without its `TurnEnded`) and how it ended.
 #[derive(Debug)]
-struct Turn {
-    events: Vec<Event>,
-    end: TurnEnd,
+pub(crate) struct Turn {
+    pub(crate) events: Vec<Event>,
+    pub(crate) end: TurnEnd,
 }
 
 impl Turn {
-    fn chunk_text(&self, kind: MessageType) -> String {
+    pub(crate) fn chunk_text(&self, kind: MessageType) -> String {
         self.events
             .iter()
             .filter_map(|e| match e {
@@ -67,7 +67,7 @@ impl Turn {
             .collect()
     }
 
-    fn active_lines(&self) -> Vec<String> {
+    pub(crate) fn active_lines(&self) -> Vec<String> {
         self.events
             .iter()
             .filter_map(|e| match e {
@@ -77,15 +77,15 @@ impl Turn {
             .collect()
     }
 
-    fn console(&self) -> String {
+    pub(crate) fn console(&self) -> String {
         self.chunk_text(MessageType::Console)
     }
 
-    fn prose(&self) -> String {
+    pub(crate) fn prose(&self) -> String {
         self.chunk_text(MessageType::Message)
     }
 
-    fn errors(&self) -> Vec<(String, String)> {
+    pub(crate) fn errors(&self) -> Vec<(String, String)> {
         self.events
             .iter()
             .filter_map(|e| match e {
@@ -95,7 +95,7 @@ impl Turn {
             .collect()
     }
 
-    fn notices(&self) -> Vec<String> {
+    pub(crate) fn notices(&self) -> Vec<String> {
         self.events
             .iter()
             .filter_map(|e| match e {
@@ -105,7 +105,7 @@ impl Turn {
             .collect()
     }
 
-    fn confirmations(&self) -> usize {
+    pub(crate) fn confirmations(&self) -> usize {
         self.events
             .iter()
             .filter(|e| matches!(e, Event::Confirmation { .. }))
@@ -117,9 +117,19 @@ impl Turn {
 async fn turn_with(
     conv: &mut Conversation,
     text: &str,
+    answer: impl FnMut(&str) -> Answer,
+) -> Turn {
+    request_with(conv, Request::Message(text.into()), answer).await
+}
+
+/// Sends a request that starts a turn (a message, code to run) and reads the turn to
+/// its end, answering confirmations with `answer`.
+pub(crate) async fn request_with(
+    conv: &mut Conversation,
+    request: Request,
     mut answer: impl FnMut(&str) -> Answer,
 ) -> Turn {
-    conv.send(Request::Message(text.into()));
+    conv.send(request);
     let mut events = Vec::new();
     let read = async {
         while let Some(event) = conv.next_event().await {
@@ -139,7 +149,7 @@ async fn turn_with(
     Turn { events, end }
 }
 
-async fn turn(conv: &mut Conversation, text: &str) -> Turn {
+pub(crate) async fn turn(conv: &mut Conversation, text: &str) -> Turn {
     turn_with(conv, text, |_| Answer::Run).await
 }
 

@@ -4,7 +4,7 @@
 mod boundary;
 pub(crate) mod chat;
 mod cli;
-mod conversation;
+pub(crate) mod conversation;
 mod docker_only;
 pub mod llm_server;
 mod sandbox;
@@ -18,6 +18,29 @@ use oi::core::code_interpreter::{
     Backend, CollectedOutput, Engine, ExecEvent, ExecRequest, ExecStatus, SandboxConfig, Session,
 };
 use tokio_util::sync::CancellationToken;
+
+/// Points an `oi` command at a home of its own (config, data, state and cache go
+/// there) and clears the model settings the machine's environment may hold, so that a
+/// test sees only what it sets.
+pub fn isolate(cmd: &mut std::process::Command, home: &std::path::Path) {
+    cmd.env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("XDG_STATE_HOME", home.join("state"))
+        .env("XDG_CACHE_HOME", home.join("cache"));
+    for var in [
+        "OI_MODEL",
+        "OI_API_BASE",
+        "OI_API_KEY",
+        "OI_PROFILE",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_BASE_URL",
+    ] {
+        cmd.env_remove(var);
+    }
+}
 
 /// Whether Docker tests must run (CI) rather than skip.
 pub fn docker_required() -> bool {

@@ -15,6 +15,7 @@ use oi::core::messages::MessageType;
 use oi::core::respond::{Answer, Conversation, Event, Request, TurnEnd};
 use serde_json::Value;
 
+use crate::suite::conversation::{request_with, turn, Turn};
 use crate::suite::llm_server::{openai, rate_limited, Reply, ScriptedServer, Step};
 use crate::suite::{engine_with, image};
 
@@ -38,58 +39,10 @@ async fn chat(server: &ScriptedServer, tweak: impl FnOnce(&mut Config)) -> Optio
     Some(Conversation::start(config, engine).expect("provider builds"))
 }
 
-/// One turn's events (without its `TurnEnded`) and how it ended.
-struct Turn {
-    events: Vec<Event>,
-    end: TurnEnd,
-}
-
-impl Turn {
-    fn errors(&self) -> Vec<(String, String)> {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Error { kind, message } => Some((kind.clone(), message.clone())),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn notices(&self) -> Vec<String> {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Notice(n) => Some(n.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-async fn turn(conv: &mut Conversation, text: &str) -> Turn {
-    request(conv, Request::Message(text.into())).await
-}
-
-/// Sends a request that starts a turn and reads the turn to its end.
+/// Sends a request that starts a turn and reads the turn to its end, running every
+/// block.
 async fn request(conv: &mut Conversation, request: Request) -> Turn {
-    conv.send(request);
-    let mut events = Vec::new();
-    let read = async {
-        while let Some(event) = conv.next_event().await {
-            if let Event::Confirmation { .. } = &event {
-                conv.send(Request::Confirm(Answer::Run));
-            }
-            if let Event::TurnEnded(end) = event {
-                return end;
-            }
-            events.push(event);
-        }
-        panic!("the conversation ended mid-turn (did its worker panic?)");
-    };
-    let end = tokio::time::timeout(Duration::from_secs(60), read)
-        .await
-        .expect("the turn ended within 60 s");
-    Turn { events, end }
+    request_with(conv, request, |_| Answer::Run).await
 }
 
 /// The conversation's container (running a block first, so that its session is open).
@@ -150,32 +103,15 @@ impl Home {
     /// `oi -y --json` against the server, in the project folder, with nothing from the
     /// outside environment.
     fn oi(&self, server: &ScriptedServer, task: &str) -> tokio::process::Command {
-        let home = self.dir.path();
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_oi"));
+        crate::suite::isolate(cmd.as_std_mut(), self.dir.path());
         cmd.current_dir(self.project())
-            .env("HOME", home)
-            .env("XDG_CONFIG_HOME", home.join("config"))
-            .env("XDG_DATA_HOME", home.join("data"))
-            .env("XDG_STATE_HOME", home.join("state"))
-            .env("XDG_CACHE_HOME", home.join("cache"))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .args(["-y", "--json", "--api-base", &server.base_url()])
             .args(["--model", "test-model", "--api-key", "sk-test", task]);
-        for var in [
-            "OI_MODEL",
-            "OI_API_BASE",
-            "OI_API_KEY",
-            "OI_PROFILE",
-            "OPENAI_API_KEY",
-            "OPENAI_BASE_URL",
-            "ANTHROPIC_API_KEY",
-            "ANTHROPIC_BASE_URL",
-        ] {
-            cmd.env_remove(var);
-        }
         cmd
     }
 

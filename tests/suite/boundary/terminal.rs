@@ -34,27 +34,11 @@ impl Home {
     }
 
     fn env(&self, cmd: &mut std::process::Command) {
+        crate::suite::isolate(cmd, self.path());
         cmd.current_dir(self.project())
-            .env("HOME", self.path())
-            .env("XDG_CONFIG_HOME", self.path().join("config"))
-            .env("XDG_DATA_HOME", self.path().join("data"))
-            .env("XDG_STATE_HOME", self.path().join("state"))
-            .env("XDG_CACHE_HOME", self.path().join("cache"))
             .env("TERM", "xterm")
             .env("EDITOR", "true")
             .env_remove("VISUAL");
-        for var in [
-            "OI_MODEL",
-            "OI_API_BASE",
-            "OI_API_KEY",
-            "OI_PROFILE",
-            "OPENAI_API_KEY",
-            "OPENAI_BASE_URL",
-            "ANTHROPIC_API_KEY",
-            "ANTHROPIC_BASE_URL",
-        ] {
-            cmd.env_remove(var);
-        }
     }
 
     /// `oi ARGS` in the project folder, against `server` when given.
