@@ -386,3 +386,38 @@ async fn d9_a_copy_workspace_larger_than_its_limit_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn d9_the_private_workspace_size_is_shown_with_the_other_settings() {
+    let home = tempfile::tempdir().unwrap();
+    let project = home.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    let settings = |args: &[&str]| {
+        let mut cmd = Command::new(oi_bin());
+        super::super::isolate(&mut cmd, home.path());
+        let out = cmd
+            .args(["sandbox", "settings"])
+            .args(args)
+            .current_dir(&project)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let line = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("private workspace"))
+            .unwrap_or_else(|| panic!("{text}"))
+            .to_string()
+    };
+    let default = settings(&[]);
+    assert!(
+        line(&default).contains("1 GiB in memory") && !line(&default).contains("loosened"),
+        "{default}"
+    );
+    let raised = settings(&["--workspace-size", "4g"]);
+    assert!(
+        line(&raised).contains("4 GiB") && line(&raised).ends_with("(loosened)"),
+        "{raised}"
+    );
+}
