@@ -136,8 +136,6 @@ pub struct Resolved {
     pub files: Vec<PathBuf>,
     /// The folder of the project's `oi.toml`, if one was found.
     pub project_dir: Option<PathBuf>,
-    /// The project file's settings left out because the file is not trusted.
-    pub ignored: Vec<String>,
     /// Why a project file found was not read at all, or was read without trust.
     pub notices: Vec<String>,
     /// The fingerprint of the project image build the user trusted, if the project
@@ -319,7 +317,6 @@ impl Resolved {
                 ignored.join(", "),
                 path.display()
             ));
-            self.ignored = ignored;
             return Ok(());
         }
         let ignored = self.untrusted_keys(&table);
@@ -341,7 +338,6 @@ impl Resolved {
                 ignored.join(", "),
                 path.display()
             ));
-            self.ignored = ignored;
         }
         Ok(())
     }
