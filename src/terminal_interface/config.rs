@@ -70,7 +70,10 @@ pub struct SandboxSettings {
     pub timeout: Option<f64>,
     pub image: Option<String>,
     pub base_image: Option<String>,
-    /// Languages run from files: `NAME:EXTENSION:COMMAND`.
+    /// The languages offered to the model: names (`python`, `shell`, an alias, or a
+    /// language declared here) and declarations of languages run from files,
+    /// `NAME:EXTENSION:COMMAND`, which are offered too. Without names, `python` and
+    /// `shell` come first (see [`setup::languages`]).
     pub languages: Option<Vec<String>>,
     /// `rw`, `ro`, `none` or `copy`.
     pub workspace: Option<WorkspaceMode>,
@@ -457,19 +460,54 @@ impl Resolved {
             "--workspace-size",
             text(&s.workspace_size),
         );
-        if !s.define_language.is_empty() {
-            let list = s
-                .define_language
-                .iter()
-                .cloned()
-                .map(toml::Value::String)
-                .collect();
-            flag(
-                "sandbox.languages",
-                "--define-language",
-                Some(toml::Value::Array(list)),
-            );
+        self.add_language_flags(s);
+    }
+
+    /// `--languages` and `--define-language` make one `sandbox.languages`. `--languages`
+    /// replaces the list below it, keeping the declarations of the languages it names;
+    /// `--define-language` alone adds to the list below (a declared language is added,
+    /// not a choice of languages replaced).
+    fn add_language_flags(&mut self, s: &SandboxArgs) {
+        const KEY: &str = "sandbox.languages";
+        if s.languages.is_empty() && s.define_language.is_empty() {
+            return;
         }
+        let below = match self.values.get(KEY) {
+            Some((toml::Value::Array(list), source)) => Some((
+                list.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect::<Vec<_>>(),
+                source.0.clone(),
+            )),
+            _ => None,
+        };
+        let declared_name = |entry: &str| entry.split_once(':').map(|(n, _)| n.trim().to_string());
+        let mut list: Vec<String> = Vec::new();
+        let source = if s.languages.is_empty() {
+            match &below {
+                Some((entries, from)) => {
+                    list.extend(entries.iter().cloned());
+                    format!("--define-language, added to {from}")
+                }
+                None => "--define-language".to_string(),
+            }
+        } else {
+            for name in &s.languages {
+                list.push(name.clone());
+                let declaration = below.iter().flat_map(|(entries, _)| entries).find(|e| {
+                    declared_name(e).is_some_and(|n| n.eq_ignore_ascii_case(name.trim()))
+                });
+                list.extend(declaration.cloned());
+            }
+            if s.define_language.is_empty() {
+                "--languages".to_string()
+            } else {
+                "--languages and --define-language".to_string()
+            }
+        };
+        list.extend(s.define_language.iter().cloned());
+        let list = list.into_iter().map(toml::Value::String).collect();
+        self.set(KEY, toml::Value::Array(list), &source);
     }
 
     /// The merged settings.
@@ -820,6 +858,13 @@ pub fn core_config(
     }
     config.vision = settings.vision;
     let sandbox = settings.sandbox.clone().unwrap_or_default();
+    // A declaration names its command after a `:`; a name has none.
+    let (declarations, names): (Vec<String>, Vec<String>) = sandbox
+        .languages
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .partition(|entry| entry.contains(':'));
     let args = SandboxArgs {
         r#unsafe: sandbox.unsafe_mode.unwrap_or(false),
         network: sandbox.network.unwrap_or(false),
@@ -832,7 +877,8 @@ pub fn core_config(
         timeout: sandbox.timeout,
         image: sandbox.image.clone(),
         base_image: sandbox.base_image.clone(),
-        define_language: sandbox.languages.clone().unwrap_or_default(),
+        languages: names,
+        define_language: declarations,
         verbose: settings.verbose.unwrap_or(false),
         workspace: sandbox.workspace.map(|w| w.name().to_string()),
         workspace_size: sandbox.workspace_size.as_ref().map(Limit::text),
