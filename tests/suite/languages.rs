@@ -207,7 +207,13 @@ async fn oi_config_shows_the_languages_with_their_source() {
         .args(["config", "--languages", "shell,node"]))
     .await;
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(config_line(&r.stdout, "sandbox.languages").ends_with("# --languages"));
+    assert!(
+        config_line(&r.stdout, "sandbox.languages").ends_with(&format!(
+            "[\"shell\", \"node\", \"node:js:node {{file}}\"]  # --languages, with declarations from {file}"
+        )),
+        "{}",
+        r.stdout
+    );
     assert!(
         r.stdout
             .contains("# effective: languages offered shell, node"),
@@ -304,6 +310,22 @@ async fn an_untrusted_project_may_offer_fewer_languages_never_more() {
     );
     assert!(
         r.stdout.contains("# effective: languages offered python\n"),
+        "{}",
+        r.stdout
+    );
+
+    // Naming a language the user declared keeps the user's declaration.
+    home.write_config("[sandbox]\nlanguages = [\"node:js:node {file}\"]\n");
+    std::fs::write(
+        project.join("oi.toml"),
+        "[sandbox]\nlanguages = [\"node\"]\n",
+    )
+    .unwrap();
+    let r = run(home.oi(&project).arg("config")).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stdout.contains("# note:"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("# effective: languages offered node\n"),
         "{}",
         r.stdout
     );
