@@ -2,15 +2,15 @@
 //! from its files, environment and flags. Core reads neither files nor the environment.
 //!
 //! Defaults that depend on the model (context window, vision, whether it can call
-//! tools) are guessed from its name by [`ModelTraits::guess`] when not set.
+//! tools) come from oi's table of model facts ([`crate::core::llm::models`]) when not
+//! set.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::code_interpreter::SandboxConfig;
-use super::llm::tokens::O200K_FAMILIES;
-use super::llm::Endpoint;
+use super::llm::{models, Endpoint};
 
 /// [`Config::max_reply_bytes`] by default: 4 MiB, a hundred times a long real reply.
 pub const DEFAULT_MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
@@ -132,57 +132,14 @@ pub struct ModelTraits {
 }
 
 impl ModelTraits {
-    /// Guesses from the model's name. Unknown models get an 8k window (safe for local
-    /// servers), no vision, and function calling.
+    /// What oi assumes from the model's name ([`models::facts`]). Unknown models get an
+    /// 8k window (safe for local servers), no vision, and function calling.
     pub fn guess(model: &str) -> ModelTraits {
-        let m = model.to_ascii_lowercase();
-        let name = m.rsplit('/').next().unwrap_or(&m);
-        let starts = |prefixes: &[&str]| prefixes.iter().any(|p| name.starts_with(p));
-        let contains = |parts: &[&str]| parts.iter().any(|p| name.contains(p));
-        let context_window = if starts(&["gpt-4.1"]) {
-            1_047_576
-        } else if starts(&["gpt-5"]) {
-            400_000
-        } else if starts(&["o1", "o3", "o4", "claude"]) {
-            200_000
-        } else if starts(&["gpt-4o", "gpt-4-turbo", "chatgpt-4o", "gpt-4.5"]) {
-            128_000
-        } else if starts(&["gpt-3.5"]) {
-            16_385
-        } else {
-            // The original gpt-4, and unknown (often local) models.
-            8_192
-        };
-        // OpenAI's current families all see images, and GPT-4 Turbo.
-        let vision = starts(O200K_FAMILIES)
-            || starts(&["gpt-4-turbo"])
-            || (name.starts_with("claude")
-                && !name.starts_with("claude-2")
-                && !name.starts_with("claude-instant"))
-            || contains(&["llava", "vision", "-vl", "pixtral", "gemma3"]);
-        // Local models known to have no tool-calling template.
-        let functions = !contains(&[
-            "smollm",
-            "tinyllama",
-            "llama2",
-            "llama-2",
-            "codellama",
-            "gemma:",
-            "gemma-",
-            "gemma2",
-            "phi-2",
-            "phi2",
-            "phi3",
-            "phi-3",
-            "deepseek-coder",
-            "starcoder",
-            "orca-mini",
-            "vicuna",
-        ]);
+        let facts = models::facts(model);
         ModelTraits {
-            context_window,
-            vision,
-            functions,
+            context_window: facts.context_window,
+            vision: facts.vision,
+            functions: facts.functions,
         }
     }
 }

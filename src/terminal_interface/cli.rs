@@ -14,6 +14,7 @@ Examples:
   oi -m claude-sonnet-4-5                        Anthropic (ANTHROPIC_API_KEY)
   oi --api-base http://127.0.0.1:8181/v1 -m smollm2 --api-key none
   oi --profile work                              settings from [profiles.work] in config.toml
+  oi --languages python                          offer the model Python only (no shell)
   oi --resume                                    go on with the last conversation
   oi config                                      the effective settings and where they come from
   oi exec -c 'print(6 * 7)'                      run code in a fresh sandbox, no model
@@ -153,7 +154,8 @@ repository's is written by its authors, and code in the sandbox can write one in
 workspace. Until you trust it, oi applies what cannot weaken safety (tighter limits,
 the model, instructions, the workspace mode) and ignores, saying so, what could:
 unsafe, network, writable_root, keep_capabilities, user, looser limits or `none`,
-auto_run, api_base, api_key, provider, the sandbox image, declared languages, and the
+auto_run, api_base, api_key, provider, the sandbox image, declared languages (or a
+language your settings do not offer), and the
 project image's dockerfile, packages and base image (their builds run with network
 access). Trust is recorded with the
 file's SHA-256 (and, for a project image, the fingerprint of its build folder and
@@ -251,7 +253,13 @@ pub struct SandboxArgs {
     /// Mount the folder even if it is /, your home folder, or holds the Docker socket.
     #[arg(long)]
     pub mount_anyway: bool,
-    /// Declare a language run from files: NAME:EXTENSION:COMMAND, with {file} in COMMAND.
+    /// The only languages offered to the model (and run), e.g. `python` or `python,shell`:
+    /// built-ins (python, shell, or an alias) and declared ones; languages declared with
+    /// --define-language are offered too (default: python, shell and every declared one).
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub languages: Vec<String>,
+    /// Declare a language run from files, NAME:EXTENSION:COMMAND with {file} in COMMAND,
+    /// and offer it.
     #[arg(long, value_name = "NAME:EXT:COMMAND")]
     pub define_language: Vec<String>,
     /// Show the effective sandbox settings and the container before running.

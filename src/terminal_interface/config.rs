@@ -70,7 +70,11 @@ pub struct SandboxSettings {
     pub timeout: Option<f64>,
     pub image: Option<String>,
     pub base_image: Option<String>,
-    /// Languages run from files: `NAME:EXTENSION:COMMAND`.
+    /// The languages offered to the model: names (`python`, `shell`, an alias, or a
+    /// declared language) and declarations of languages run from files,
+    /// `NAME:EXTENSION:COMMAND`, which are offered too. Without names, `python` and
+    /// `shell` come first (see [`setup::languages`]); a name keeps the declaration the
+    /// layer below gave it.
     pub languages: Option<Vec<String>>,
     /// `rw`, `ro`, `none` or `copy`.
     pub workspace: Option<WorkspaceMode>,
@@ -380,8 +384,54 @@ impl Resolved {
     }
 
     fn set(&mut self, key: &str, value: toml::Value, source: &str) {
-        self.values
-            .insert(key.to_string(), (value, Source(source.to_string())));
+        let (value, source) = match key {
+            LANGUAGES => self.keep_declarations(value, source),
+            _ => (value, source.to_string()),
+        };
+        self.values.insert(key.to_string(), (value, Source(source)));
+    }
+
+    /// A `languages` list that names a language declared by the list below it keeps
+    /// that declaration: a profile, a project file or `--languages` can choose among
+    /// the languages the user declared without repeating their commands. (What an
+    /// untrusted project file could not set was removed before this.)
+    fn keep_declarations(&self, value: toml::Value, source: &str) -> (toml::Value, String) {
+        let (toml::Value::Array(mut list), Some((toml::Value::Array(below), from))) =
+            (value.clone(), self.values.get(LANGUAGES))
+        else {
+            return (value, source.to_string());
+        };
+        let declaration = |entries: &[toml::Value], name: &str| {
+            entries
+                .iter()
+                .filter_map(|e| e.as_str())
+                .find(|e| {
+                    e.split_once(':')
+                        .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(name.trim()))
+                })
+                .map(str::to_string)
+        };
+        let names: Vec<String> = list
+            .iter()
+            .filter_map(|e| e.as_str())
+            .filter(|e| !e.contains(':'))
+            .map(str::to_string)
+            .collect();
+        let mut kept = false;
+        for name in names {
+            if declaration(&list, &name).is_none() {
+                if let Some(declared) = declaration(below, &name) {
+                    list.push(toml::Value::String(declared));
+                    kept = true;
+                }
+            }
+        }
+        let source = if kept {
+            format!("{source}, with declarations from {}", from.0)
+        } else {
+            source.to_string()
+        };
+        (toml::Value::Array(list), source)
     }
 
     fn add_flags(&mut self, a: &ChatArgs, s: &SandboxArgs) {
@@ -457,19 +507,34 @@ impl Resolved {
             "--workspace-size",
             text(&s.workspace_size),
         );
-        if !s.define_language.is_empty() {
-            let list = s
-                .define_language
-                .iter()
-                .cloned()
-                .map(toml::Value::String)
-                .collect();
-            flag(
-                "sandbox.languages",
-                "--define-language",
-                Some(toml::Value::Array(list)),
-            );
+        self.add_language_flags(s);
+    }
+
+    /// `--languages` and `--define-language` make one `sandbox.languages`: `--languages`
+    /// replaces the list below it (as any layer does, see [`Resolved::set`]);
+    /// `--define-language` alone adds to it (declaring a language adds it, it does not
+    /// undo a choice of languages).
+    fn add_language_flags(&mut self, s: &SandboxArgs) {
+        if s.languages.is_empty() && s.define_language.is_empty() {
+            return;
         }
+        let mut list: Vec<String> = Vec::new();
+        let source = if !s.languages.is_empty() {
+            list.extend(s.languages.iter().cloned());
+            if s.define_language.is_empty() {
+                "--languages".to_string()
+            } else {
+                "--languages and --define-language".to_string()
+            }
+        } else if let Some((toml::Value::Array(below), from)) = self.values.get(LANGUAGES) {
+            list.extend(below.iter().filter_map(|v| v.as_str().map(str::to_string)));
+            format!("--define-language, added to {}", from.0)
+        } else {
+            "--define-language".to_string()
+        };
+        list.extend(s.define_language.iter().cloned());
+        let list = list.into_iter().map(toml::Value::String).collect();
+        self.set(LANGUAGES, toml::Value::Array(list), &source);
     }
 
     /// The merged settings.
@@ -534,6 +599,9 @@ impl Resolved {
             .collect()
     }
 }
+
+/// The setting that lists the languages offered.
+const LANGUAGES: &str = "sandbox.languages";
 
 /// The most output per block a model may be sent, in characters.
 const MAX_OUTPUT: usize = 1_000_000;
@@ -820,6 +888,13 @@ pub fn core_config(
     }
     config.vision = settings.vision;
     let sandbox = settings.sandbox.clone().unwrap_or_default();
+    // A declaration names its command after a `:`; a name has none.
+    let (declarations, names): (Vec<String>, Vec<String>) = sandbox
+        .languages
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .partition(|entry| entry.contains(':'));
     let args = SandboxArgs {
         r#unsafe: sandbox.unsafe_mode.unwrap_or(false),
         network: sandbox.network.unwrap_or(false),
@@ -832,7 +907,8 @@ pub fn core_config(
         timeout: sandbox.timeout,
         image: sandbox.image.clone(),
         base_image: sandbox.base_image.clone(),
-        define_language: sandbox.languages.clone().unwrap_or_default(),
+        languages: names,
+        define_language: declarations,
         verbose: settings.verbose.unwrap_or(false),
         workspace: sandbox.workspace.map(|w| w.name().to_string()),
         workspace_size: sandbox.workspace_size.as_ref().map(Limit::text),

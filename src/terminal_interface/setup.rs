@@ -11,7 +11,9 @@ use anyhow::{anyhow, bail, Context};
 use super::cli::SandboxArgs;
 use super::progress::BuildDisplay;
 use super::Failure;
-use crate::core::code_interpreter::{Backend, Engine, Language, SandboxConfig, Workspace};
+use crate::core::code_interpreter::{
+    Backend, Engine, Language, Languages, SandboxConfig, SandboxError, Workspace,
+};
 
 /// The configuration the flags describe.
 pub fn config_from(args: &SandboxArgs) -> anyhow::Result<SandboxConfig> {
@@ -21,7 +23,8 @@ pub fn config_from(args: &SandboxArgs) -> anyhow::Result<SandboxConfig> {
 /// The flag that sets a setting (`sandbox.memory` → `--memory`).
 pub fn flag_name(key: &str) -> String {
     let flag = match key {
-        "sandbox.languages" => "define-language",
+        // Two flags make this one setting.
+        "sandbox.languages" => return "--languages or --define-language".into(),
         other => other.trim_start_matches("sandbox."),
     };
     format!("--{}", flag.replace('_', "-"))
@@ -80,10 +83,7 @@ pub fn config_from_named(
     if let Some(secs) = args.timeout {
         config.default_timeout = Some(seconds(secs).with_context(|| name("sandbox.timeout"))?);
     }
-    for definition in &args.define_language {
-        let language = parse_language(definition).with_context(|| name("sandbox.languages"))?;
-        config.languages.add(language);
-    }
+    config.languages = languages(args).with_context(|| name("sandbox.languages"))?;
     let cwd = std::env::current_dir().context("reading the current directory")?;
     if config.backend == Backend::Host {
         config.host_workdir = Some(cwd.clone());
@@ -275,6 +275,24 @@ pub fn parse_size(text: &str) -> anyhow::Result<i64> {
     Ok(bytes as i64)
 }
 
+/// The languages offered: the names chosen (`--languages`, the names in `[sandbox]
+/// languages`) and every declared language ([`Languages::choose`]).
+pub fn languages(args: &SandboxArgs) -> anyhow::Result<Languages> {
+    let declared = args
+        .define_language
+        .iter()
+        .map(|d| parse_language(d))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Languages::choose(&args.languages, declared).map_err(|err| match err {
+        SandboxError::UnknownLanguage { name, available } => anyhow!(
+            "`{name}` is not a language oi has: name one of {} (or an alias such as py, bash), \
+             or declare it as NAME:EXTENSION:COMMAND",
+            available.join(", ")
+        ),
+        err => err.into(),
+    })
+}
+
 /// `NAME:EXTENSION:COMMAND` → a file-run language. The name may not be a built-in
 /// language or alias (the runner's Python and shell are not replaced by a command);
 /// the extension is letters and digits (it becomes part of a file name in the sandbox);
@@ -298,7 +316,7 @@ pub fn parse_language(definition: &str) -> anyhow::Result<Language> {
     if !word(ext, "") || ext.len() > 16 {
         bail!("the extension `{given_ext}` must be letters and digits (at most 16), e.g. js");
     }
-    if let Ok(builtin) = crate::core::code_interpreter::Languages::default().resolve(name) {
+    if let Ok(builtin) = Languages::default().resolve(name) {
         bail!(
             "`{name}` is oi's built-in {} language and cannot be redefined; pick another name",
             builtin.name
@@ -398,6 +416,28 @@ mod tests {
         let user = sandbox_user(&Workspace::ReadWrite("/srv/p".into()));
         assert!(!user.starts_with("0:"), "{user}");
         assert_eq!(sandbox_user(&Workspace::Empty), "1000:1000");
+    }
+
+    #[test]
+    fn the_languages_flag_limits_what_is_offered() {
+        let args = SandboxArgs {
+            languages: vec!["py".into(), "perl".into()],
+            define_language: vec!["perl:pl:perl {file}".into(), "node:js:node {file}".into()],
+            ..SandboxArgs::default()
+        };
+        assert_eq!(
+            config_from(&args).unwrap().languages.names(),
+            ["python", "perl", "node"]
+        );
+        let args = SandboxArgs {
+            languages: vec!["cobol".into()],
+            ..SandboxArgs::default()
+        };
+        let err = format!("{:#}", config_from(&args).unwrap_err());
+        assert!(
+            err.starts_with("--languages or --define-language: `cobol` is not a language oi has"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -229,8 +229,9 @@ pub fn loosens(key: &str, value: &toml::Value, below: &dyn Below) -> bool {
         // still on the machine, or any other, may not have them.
         "sandbox.image" => true,
         // A declared language's command runs every block of it, and is never shown
-        // with the code it runs (with --unsafe, on this machine).
-        "sandbox.languages" => true,
+        // with the code it runs (with --unsafe, on this machine). Naming built-ins
+        // only offers fewer languages, unless it offers one the user's choice left out.
+        "sandbox.languages" => offers_more(value, below.below(key)),
         "sandbox.memory" | "sandbox.workspace_size" => {
             looser_limit(value, below.below(key), default_limit(key), size_of)
         }
@@ -257,6 +258,34 @@ pub fn loosens(key: &str, value: &toml::Value, below: &dyn Below) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether a `languages` list declares a language, or names a built-in that the list
+/// below it (oi's default: every built-in) does not offer.
+fn offers_more(value: &toml::Value, below: Option<&toml::Value>) -> bool {
+    let Some(entries) = value.as_array() else {
+        // An unreadable value is left for the schema to report with its file and key.
+        return false;
+    };
+    let builtins = crate::core::code_interpreter::Languages::default();
+    let canonical = |entry: &toml::Value| {
+        entry
+            .as_str()
+            .and_then(|name| builtins.resolve(name).ok())
+            .map(|l| l.name.clone())
+    };
+    // What the list below offers of the built-ins: the ones it names, or all of them
+    // when it names none.
+    let below_names: Vec<String> = below
+        .and_then(|b| b.as_array())
+        .map(|b| b.iter().filter_map(canonical).collect())
+        .unwrap_or_default();
+    entries.iter().any(|entry| match entry.as_str() {
+        Some(text) if text.contains(':') => true,
+        Some(_) => canonical(entry)
+            .is_some_and(|name| !below_names.is_empty() && !below_names.contains(&name)),
+        None => false,
+    })
 }
 
 /// oi's default for a limit, in the same units `size_of`/`number_of` give.
@@ -469,6 +498,8 @@ mod tests {
             ("sandbox.timeout", "30"),
             ("sandbox.workspace", "\"ro\""),
             ("sandbox.workspace", "\"none\""),
+            ("sandbox.languages", "[\"python\"]"),
+            ("sandbox.languages", "[\"py\", \"bash\"]"),
             ("max_iterations", "5"),
         ] {
             assert!(!loosens(key, &v(value), &Defaults), "{key} = {value}");
@@ -498,5 +529,17 @@ mod tests {
             &User(v("\"ro\""))
         ));
         assert!(loosens("sandbox.timeout", &v("600"), &User(v("60"))));
+        // The user offers Python only: a project may not offer the shell back.
+        let python = || User(v("[\"python\"]"));
+        assert!(!loosens("sandbox.languages", &v("[\"py\"]"), &python()));
+        assert!(loosens("sandbox.languages", &v("[\"bash\"]"), &python()));
+        assert!(loosens(
+            "sandbox.languages",
+            &v("[\"python\", \"perl:pl:perl {file}\"]"),
+            &python()
+        ));
+        // The user only declared a language: every built-in is still offered.
+        let declared = User(v("[\"node:js:node {file}\"]"));
+        assert!(!loosens("sandbox.languages", &v("[\"shell\"]"), &declared));
     }
 }

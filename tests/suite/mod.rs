@@ -6,6 +6,7 @@ pub(crate) mod chat;
 mod cli;
 pub(crate) mod conversation;
 mod docker_only;
+mod languages;
 pub mod llm_server;
 mod sandbox;
 mod workspace;

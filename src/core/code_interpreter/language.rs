@@ -1,6 +1,11 @@
 //! Languages a session offers: the two stateful interpreters the runner keeps alive
 //! (Python, shell) and any number declared by configuration that run as files.
 //! Resolves the names and aliases Open Interpreter users know (`py`, `bash`, `sh`).
+//!
+//! The set is what the model is offered (the tool's `language` enum, the system
+//! message) and all the session runs: a block in any other language is refused with
+//! the list. Which languages, and which are declared, is the front end's choice
+//! ([`Languages::choose`]); nothing here reads a file.
 
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +89,52 @@ impl Languages {
         Languages(languages)
     }
 
+    /// The set a user's choice describes: `names` picks languages, in order, among the
+    /// built-ins (by name or alias: `python`, `py`, `bash`) and the `declared` ones (by
+    /// name); every declared language is offered, after the named ones. With no names,
+    /// the built-ins come first, so declaring a language adds it to the defaults. A
+    /// name that is neither is an error listing what could be named; a language named
+    /// twice is offered once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use oi::core::code_interpreter::{Language, Languages};
+    ///
+    /// let python_only = Languages::choose(&["python".into()], Vec::new()).unwrap();
+    /// assert_eq!(python_only.names(), ["python"]);
+    /// let node = Language::file("node", "js", "node {file}");
+    /// let added = Languages::choose(&[], vec![node.clone()]).unwrap();
+    /// assert_eq!(added.names(), ["python", "shell", "node"]);
+    /// let python_and_node = Languages::choose(&["py".into()], vec![node]).unwrap();
+    /// assert_eq!(python_and_node.names(), ["python", "node"]);
+    /// ```
+    pub fn choose(names: &[String], declared: Vec<Language>) -> Result<Languages> {
+        let declared_names: Vec<String> = declared.iter().map(|l| l.name.clone()).collect();
+        let mut known = Languages::default();
+        for language in declared {
+            known.add(language);
+        }
+        if names.is_empty() {
+            return Ok(known);
+        }
+        let mut chosen = Languages(Vec::new());
+        let mut offer = |language: &Language| {
+            if chosen.resolve(&language.name).is_err() {
+                chosen.0.push(language.clone());
+            }
+        };
+        for name in names {
+            offer(known.resolve(name)?);
+        }
+        for language in known.iter() {
+            if declared_names.contains(&language.name) {
+                offer(language);
+            }
+        }
+        Ok(chosen)
+    }
+
     /// Adds a language, replacing one of the same name.
     pub fn add(&mut self, language: Language) {
         self.0
@@ -125,6 +176,42 @@ mod tests {
         assert_eq!(langs.resolve("Python").unwrap().name, "python");
         assert_eq!(langs.resolve("bash").unwrap().name, "shell");
         assert_eq!(langs.resolve("sh").unwrap().name, "shell");
+    }
+
+    #[test]
+    fn a_choice_offers_the_named_languages_and_the_declared_ones() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let node = || Language::file("node", "js", "node {file}");
+        let perl = || Language::file("perl", "pl", "perl {file}");
+        let choose = |n: &[&str], d: Vec<Language>| Languages::choose(&names(n), d).unwrap();
+        assert_eq!(choose(&[], vec![]), Languages::default());
+        assert_eq!(choose(&["python"], vec![]).names(), ["python"]);
+        assert_eq!(choose(&["bash", "PY"], vec![]).names(), ["shell", "python"]);
+        assert_eq!(choose(&["python", "py"], vec![]).names(), ["python"]);
+        assert_eq!(
+            choose(&[], vec![node(), perl()]).names(),
+            ["python", "shell", "node", "perl"]
+        );
+        assert_eq!(
+            choose(&["perl", "python"], vec![node(), perl()]).names(),
+            ["perl", "python", "node"]
+        );
+        assert_eq!(choose(&["node"], vec![node()]).names(), ["node"]);
+        // Declared twice: the later declaration is the one, offered once.
+        let later = Language::file("node", "mjs", "node {file}");
+        let twice = choose(&[], vec![node(), later.clone()]);
+        assert_eq!(twice.names(), ["python", "shell", "node"]);
+        assert_eq!(twice.resolve("node").unwrap(), &later);
+        let twice = choose(&["python"], vec![node(), later.clone()]);
+        assert_eq!(twice.names(), ["python", "node"]);
+        assert_eq!(twice.resolve("node").unwrap(), &later);
+        let err = Languages::choose(&names(&["python", "cobol"]), vec![node()])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "unknown language `cobol`; available: python, shell, node"
+        );
     }
 
     #[test]

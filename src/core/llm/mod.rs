@@ -4,12 +4,14 @@
 //! Layers: bytes from HTTP → SSE frames with an idle timeout per read ([`sse`]) → a
 //! provider's typed events ([`openai`], [`anthropic`]) → the conversation loop. The
 //! request shape here is provider-neutral; it knows nothing of LMC messages or of the
-//! sandbox. [`repair`] turns what local models really write into code blocks, and
-//! [`tokens`] counts tokens for trimming the context.
+//! sandbox. [`repair`] turns what local models really write into code blocks,
+//! [`models`] holds what oi knows of each model (window, tools, vision, tokenizer,
+//! price), and [`tokens`] counts tokens for trimming the context.
 
 pub mod anthropic;
 mod error;
 mod http;
+pub mod models;
 pub mod openai;
 pub mod repair;
 pub mod sse;

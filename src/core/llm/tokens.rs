@@ -2,26 +2,17 @@
 //!
 //! OpenAI's model families have public tokenizers (`o200k_base` for GPT-4o, o-series,
 //! GPT-4.1 and GPT-5; `cl100k_base` for GPT-4 and GPT-3.5): those are counted exactly
-//! with tiktoken. Every other model (Claude, Llama, Qwen, …) is estimated: one token per
-//! 4 bytes of text, rounded up, which overestimates English prose slightly and
-//! underestimates dense code a little; trimming leaves the reply budget as margin.
+//! with tiktoken (which model uses which is one of its facts in [`super::models`]).
+//! Every other model (Claude, Llama, Qwen, …) is estimated: one token per 4 bytes of
+//! text, rounded up, which overestimates English prose slightly and underestimates
+//! dense code a little; trimming leaves the reply budget as margin.
 //! Each message adds 4 tokens of framing and each image 800, in both methods.
 
 use std::sync::{Arc, OnceLock};
 
 use tiktoken_rs::CoreBPE;
 
-/// OpenAI's model families on the `o200k_base` tokenizer (GPT-4o onwards, o-series).
-pub const O200K_FAMILIES: &[&str] = &[
-    "gpt-4o",
-    "gpt-4.1",
-    "gpt-4.5",
-    "gpt-5",
-    "o1",
-    "o3",
-    "o4",
-    "chatgpt-4o",
-];
+use super::models::{self, Tokenizer};
 
 /// Framing tokens per message (role markers, separators).
 pub const PER_MESSAGE: usize = 4;
@@ -50,31 +41,30 @@ impl TokenCounter {
     /// The counter for a model, by its name. Loading a tokenizer takes a moment the
     /// first time; it is shared afterwards.
     pub fn for_model(model: &str) -> TokenCounter {
-        let m = model
-            .rsplit('/')
-            .next()
-            .unwrap_or(model)
-            .to_ascii_lowercase();
-        let o200k = O200K_FAMILIES;
-        let cl100k = ["gpt-4", "gpt-3.5", "text-embedding"];
-        if o200k.iter().any(|p| m.starts_with(p)) {
-            static BPE: OnceLock<Option<Arc<CoreBPE>>> = OnceLock::new();
-            if let Some(bpe) = BPE.get_or_init(|| tiktoken_rs::o200k_base().ok().map(Arc::new)) {
-                return TokenCounter::Exact {
-                    name: "o200k_base",
-                    bpe: bpe.clone(),
-                };
+        match models::facts(model).tokenizer {
+            Tokenizer::O200k => {
+                static BPE: OnceLock<Option<Arc<CoreBPE>>> = OnceLock::new();
+                let bpe = BPE.get_or_init(|| tiktoken_rs::o200k_base().ok().map(Arc::new));
+                TokenCounter::exact("o200k_base", bpe)
             }
-        } else if cl100k.iter().any(|p| m.starts_with(p)) {
-            static BPE: OnceLock<Option<Arc<CoreBPE>>> = OnceLock::new();
-            if let Some(bpe) = BPE.get_or_init(|| tiktoken_rs::cl100k_base().ok().map(Arc::new)) {
-                return TokenCounter::Exact {
-                    name: "cl100k_base",
-                    bpe: bpe.clone(),
-                };
+            Tokenizer::Cl100k => {
+                static BPE: OnceLock<Option<Arc<CoreBPE>>> = OnceLock::new();
+                let bpe = BPE.get_or_init(|| tiktoken_rs::cl100k_base().ok().map(Arc::new));
+                TokenCounter::exact("cl100k_base", bpe)
             }
+            Tokenizer::Estimate => TokenCounter::Estimate,
         }
-        TokenCounter::Estimate
+    }
+
+    /// The exact counter, or the estimate if its tables failed to load.
+    fn exact(name: &'static str, bpe: &Option<Arc<CoreBPE>>) -> TokenCounter {
+        match bpe {
+            Some(bpe) => TokenCounter::Exact {
+                name,
+                bpe: bpe.clone(),
+            },
+            None => TokenCounter::Estimate,
+        }
     }
 
     /// Tokens in a piece of text.

@@ -347,7 +347,7 @@ pub fn system_message(sandbox: &SandboxConfig, functions: bool, max_output: usiz
                      fail, so work with what is installed.\n",
                 );
             }
-            if sandbox.image.is_none() {
+            if sandbox.image.is_none() && sandbox.languages.resolve("python").is_ok() {
                 s.push_str(
                     "- Python has numpy, pandas and matplotlib; figures you show are displayed \
                      to the user.\n",
@@ -364,7 +364,8 @@ pub fn system_message(sandbox: &SandboxConfig, functions: bool, max_output: usiz
             }
         }
     }
-    s.push_str("- Languages:\n");
+    // The configured set (limited functions): the model is told these are all there is.
+    s.push_str("- Languages (the only ones available):\n");
     for language in sandbox.languages.iter() {
         let how = match &language.kind {
             LanguageKind::Python => {
@@ -387,18 +388,33 @@ pub fn system_message(sandbox: &SandboxConfig, functions: bool, max_output: usiz
             "To run code, call the `{TOOL_NAME}` tool with the language and the code.\n"
         ));
     } else {
-        s.push_str(
+        s.push_str(&format!(
             "To run code, write it in a fenced markdown block tagged with its language, for \
-             example:\n```python\nprint(6 * 7)\n```\nThe block runs as soon as you close it, and \
-             its output comes back in the next message. Write at most one block per reply. \
-             Untagged blocks and blocks tagged text, json or output are shown, not run.\n",
-        );
+             example:\n{}\nThe block runs as soon as you close it, and its output comes back \
+             in the next message. Write at most one block per reply. Untagged blocks and blocks \
+             tagged text, json or output are shown, not run.\n",
+            example_block(sandbox)
+        ));
     }
     s.push_str(
         "Work in small steps and check each result before going on. When the task is done, \
          reply to the user in plain words without code.",
     );
     s
+}
+
+/// A fenced block in the first language offered, for text mode's instructions: an
+/// example in a language the model may not use would invite a refused block.
+fn example_block(sandbox: &SandboxConfig) -> String {
+    let (tag, code) = match sandbox.languages.iter().next() {
+        None => ("python", "print(6 * 7)"),
+        Some(language) => match &language.kind {
+            LanguageKind::Python => ("python", "print(6 * 7)"),
+            LanguageKind::Shell => ("shell", "echo $((6 * 7))"),
+            LanguageKind::File { .. } => (language.name.as_str(), "(the program)"),
+        },
+    };
+    format!("```{tag}\n{code}\n```")
 }
 
 /// Console output as the model will get it: at most `max` characters, the middle cut
@@ -563,6 +579,29 @@ mod tests {
             tiny.request.messages,
             vec![ChatMessage::text(ChatRole::User, "last")]
         );
+    }
+
+    #[test]
+    fn the_system_message_names_only_the_offered_languages() {
+        use crate::core::code_interpreter::{Language, Languages};
+        let mut sandbox = SandboxConfig {
+            languages: Languages::choose(&["python".into()], Vec::new()).unwrap(),
+            ..SandboxConfig::default()
+        };
+        let text = system_message(&sandbox, false, 1000);
+        assert!(text.contains("  - python: stateful"), "{text}");
+        assert!(!text.contains("  - shell"), "{text}");
+        assert!(text.contains("```python\nprint(6 * 7)\n```"), "{text}");
+        sandbox.languages = Languages::choose(
+            &["bash".into()],
+            vec![Language::file("node", "js", "node {file}")],
+        )
+        .unwrap();
+        let text = system_message(&sandbox, false, 1000);
+        assert!(!text.to_lowercase().contains("python"), "{text}");
+        assert!(text.contains("  - shell: bash"), "{text}");
+        assert!(text.contains("  - node: each block"), "{text}");
+        assert!(text.contains("```shell\necho $((6 * 7))\n```"), "{text}");
     }
 
     #[test]

@@ -270,28 +270,9 @@ fn two_args(arg: Option<&str>, usage: &str) -> anyhow::Result<(String, Option<St
 
 /// Dollars per million input and output tokens, for models whose list price is known.
 fn price(model: &str) -> Option<(f64, f64)> {
-    let m = model.rsplit('/').next().unwrap_or(model);
-    let table: &[(&str, f64, f64)] = &[
-        ("gpt-4o-mini", 0.15, 0.60),
-        ("gpt-4o", 2.50, 10.0),
-        ("gpt-4.1-nano", 0.10, 0.40),
-        ("gpt-4.1-mini", 0.40, 1.60),
-        ("gpt-4.1", 2.0, 8.0),
-        ("gpt-5-nano", 0.05, 0.40),
-        ("gpt-5-mini", 0.25, 2.0),
-        ("gpt-5", 1.25, 10.0),
-        ("o4-mini", 1.10, 4.40),
-        ("o3", 2.0, 8.0),
-        ("claude-3-5-haiku", 0.80, 4.0),
-        ("claude-haiku-4", 1.0, 5.0),
-        ("claude-sonnet-4", 3.0, 15.0),
-        ("claude-3-7-sonnet", 3.0, 15.0),
-        ("claude-opus-4", 15.0, 75.0),
-    ];
-    table
-        .iter()
-        .find(|(prefix, _, _)| m.starts_with(prefix))
-        .map(|(_, i, o)| (*i, *o))
+    crate::core::llm::models::facts(model)
+        .price
+        .map(|p| (p.input, p.output))
 }
 
 /// The conversation as a Jupyter notebook: prose as markdown cells, code with its

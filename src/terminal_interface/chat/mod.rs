@@ -121,6 +121,11 @@ pub fn show_config(chat: &ChatArgs, sandbox: &SandboxArgs) -> Result<u8, Failure
             ProviderKind::Anthropic => "Anthropic",
         }
     )?;
+    writeln!(
+        out,
+        "# effective: languages offered {}",
+        shown(&config.sandbox.languages.names().join(", "))
+    )?;
     Ok(0)
 }
 
