@@ -5,6 +5,7 @@
 
 pub mod code_interpreter;
 pub mod config;
+pub mod error_chain;
 pub mod hostfs;
 pub mod llm;
 pub mod messages;

@@ -277,15 +277,30 @@ pub enum ImageCommand {
         sandbox: SandboxArgs,
     },
     /// List oi's images (its own and projects'), marking the current ones.
-    Ls,
+    Ls {
+        #[command(flatten)]
+        base: BaseImageArg,
+    },
     /// Remove oi's images that are no longer current (older recipes, older project builds).
-    Prune,
+    Prune {
+        #[command(flatten)]
+        base: BaseImageArg,
+    },
     /// Make the base image offline with debootstrap (needs root; for machines without a registry).
     BootstrapBase {
         /// The tag to give it.
         #[arg(default_value = "oi-base:bookworm")]
         tag: String,
     },
+}
+
+/// The base image oi's own image is built on, where only that matters.
+#[derive(Debug, Args, Clone, Default)]
+pub struct BaseImageArg {
+    /// The base oi's image is built on (default: as `[sandbox] base_image` says, else
+    /// debian:bookworm-slim if present, else oi-base:bookworm).
+    #[arg(long, value_name = "IMAGE", env = "OI_BASE_IMAGE")]
+    pub base_image: Option<String>,
 }
 
 #[allow(clippy::large_enum_variant)]

@@ -1,90 +1,152 @@
 //! `oi image`: build and list oi's sandbox images, and make the base image offline.
+//! Listing and pruning look at the daemon `DOCKER_HOST` names and judge what is current
+//! by the base image the settings give (flag, `OI_BASE_IMAGE`, config files).
 
 use std::io::Write;
 
 use anyhow::Context;
 
-use super::cli::ImageCommand;
+use super::cli::{BaseImageArg, ChatArgs, ImageCommand, SandboxArgs};
+use super::config::{Paths, Resolved};
 use super::progress::BuildDisplay;
-use super::setup;
-use super::Failure;
-use crate::core::code_interpreter::{bytes, image, Engine, SandboxConfig};
+use super::sanitize::{visible, Kind};
+use super::{advice, setup, Failure};
+use crate::core::code_interpreter::image::{self, ImageInfo};
+use crate::core::code_interpreter::{bytes, Engine, SandboxConfig};
 
 pub async fn run(command: ImageCommand) -> Result<u8, Failure> {
     match command {
-        ImageCommand::Build { sandbox } => {
-            let mut config = setup::config_from(&sandbox).map_err(Failure::usage)?;
-            config.image = None;
-            let mut engine = Engine::connect(config).await?;
-            let mut display = BuildDisplay::new(false);
-            let tag = engine
-                .ensure_image(true, &mut |p| display.update(p))
-                .await?;
-            println!("{tag}");
-            Ok(0)
-        }
-        ImageCommand::Ls => {
-            let engine = Engine::connect(SandboxConfig::default()).await?;
-            let docker = engine.docker().expect("the Docker backend has a client");
-            let current = engine.image().await?;
-            let images = image::list(docker).await?;
-            let stale: Vec<String> = image::stale(&images, &current)
-                .into_iter()
-                .map(|i| i.tag)
-                .collect();
-            let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
-                "{:<40} {:<16} {:>10} {:>6}  CURRENT",
-                "IMAGE", "PROJECT", "SIZE", "AGE"
-            )?;
-            let now = now();
-            for img in images {
-                let mark = if stale.contains(&img.tag) { "" } else { "*" };
-                writeln!(
-                    out,
-                    "{:<40} {:<16} {:>10} {:>6}  {mark}",
-                    img.tag,
-                    img.project.as_deref().unwrap_or("(oi)"),
-                    bytes(img.size),
-                    age(now - img.created)
-                )?;
-            }
-            Ok(0)
-        }
-        ImageCommand::Prune => {
-            let engine = Engine::connect(SandboxConfig::default()).await?;
-            let docker = engine.docker().expect("the Docker backend has a client");
-            let current = engine.image().await?;
-            let images = image::list(docker).await?;
-            let mut failed = 0;
-            for img in image::stale(&images, &current) {
-                match image::remove(docker, &img.tag).await {
-                    Ok(()) => println!("removed {} ({})", img.tag, bytes(img.size)),
-                    Err(err) => {
-                        eprintln!("oi: could not remove {}: {err}", img.tag);
-                        failed += 1;
-                    }
-                }
-            }
-            Ok(if failed > 0 { 1 } else { 0 })
-        }
-        ImageCommand::BootstrapBase { tag } => {
-            let status = std::process::Command::new("bash")
-                .arg("-c")
-                .arg(image::BOOTSTRAP_SCRIPT)
-                .arg("bootstrap-base.sh")
-                .arg(&tag)
-                .status()
-                .context("running bash for the bootstrap script")?;
-            if status.success() {
-                Ok(0)
-            } else {
-                Err(Failure::sandbox(anyhow::anyhow!(
-                    "making the base image {tag} failed"
-                )))
+        ImageCommand::Build { sandbox } => build(&sandbox).await,
+        ImageCommand::Ls { base } => list(&base).await,
+        ImageCommand::Prune { base } => prune(&base).await,
+        ImageCommand::BootstrapBase { tag } => bootstrap_base(&tag),
+    }
+}
+
+async fn build(sandbox: &SandboxArgs) -> Result<u8, Failure> {
+    let mut config = setup::config_from(sandbox).map_err(Failure::usage)?;
+    config.image = None;
+    let mut engine = Engine::connect(config).await?;
+    let mut display = BuildDisplay::new(false);
+    let tag = engine
+        .ensure_image(true, &mut |p| display.update(p))
+        .await?;
+    println!("{tag}");
+    Ok(0)
+}
+
+async fn list(base: &BaseImageArg) -> Result<u8, Failure> {
+    let (_, images, current) = images(base).await?;
+    let stale: Vec<String> = stale(&images, &current)
+        .into_iter()
+        .map(|i| i.tag)
+        .collect();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<40} {:<16} {:>10} {:>6}  CURRENT",
+        "IMAGE", "PROJECT", "SIZE", "AGE"
+    )?;
+    let now = now();
+    for img in images {
+        let mark = if stale.contains(&img.tag) { "" } else { "*" };
+        // Tags and labels come from the daemon, where anyone may have set them.
+        writeln!(
+            out,
+            "{:<40} {:<16} {:>10} {:>6}  {mark}",
+            visible(&img.tag, Kind::Name),
+            visible(img.project.as_deref().unwrap_or("(oi)"), Kind::Name),
+            bytes(img.size),
+            age(now - img.created)
+        )?;
+    }
+    Ok(0)
+}
+
+async fn prune(base: &BaseImageArg) -> Result<u8, Failure> {
+    let (engine, images, current) = images(base).await?;
+    let store = engine.images()?;
+    let mut failed = 0;
+    for img in stale(&images, &current) {
+        let tag = visible(&img.tag, Kind::Name);
+        match store.remove(&img.tag).await {
+            Ok(()) => println!("removed {tag} ({})", bytes(img.size)),
+            Err(err) => {
+                eprintln!("oi: could not remove {tag}: {}", advice::describe(&err));
+                failed += 1;
             }
         }
+    }
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+/// What the settings make current: oi's own image on the configured base, and an
+/// image the settings pin.
+struct Current {
+    own: String,
+    pinned: Option<String>,
+}
+
+/// The engine of the configured daemon, oi's images there, and which are current.
+async fn images(base: &BaseImageArg) -> Result<(Engine, Vec<ImageInfo>, Current), Failure> {
+    let config = configured(base)?;
+    let pinned = config.image.clone();
+    let engine = Engine::connect(config).await?;
+    let store = engine.images()?;
+    let own = store.own_tag(engine.config().base_image.as_deref()).await;
+    let images = store.list().await?;
+    Ok((engine, images, Current { own, pinned }))
+}
+
+/// The images pruning removes: all of oi's own but the current and a pinned one, and
+/// all but the newest of each project's.
+fn stale(images: &[ImageInfo], current: &Current) -> Vec<ImageInfo> {
+    image::stale(images, &current.own)
+        .into_iter()
+        .filter(|i| current.pinned.as_ref() != Some(&i.tag))
+        .collect()
+}
+
+/// The Docker side of the settings, as the chat would use them: the daemon of
+/// `DOCKER_HOST`, the base image and a pinned image from the flag or the settings files.
+fn configured(base: &BaseImageArg) -> Result<SandboxConfig, Failure> {
+    let paths = Paths::from_env();
+    let env = std::env::vars().collect();
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let flags = SandboxArgs {
+        base_image: base.base_image.clone(),
+        ..SandboxArgs::default()
+    };
+    let resolved =
+        Resolved::load(&paths, &cwd, &env, &ChatArgs::default(), &flags).map_err(Failure::usage)?;
+    super::chat::tell_settings_notices(&resolved);
+    let sandbox = resolved
+        .settings()
+        .map_err(Failure::usage)?
+        .sandbox
+        .unwrap_or_default();
+    Ok(SandboxConfig {
+        docker_host: std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()),
+        base_image: sandbox.base_image.filter(|b| !b.is_empty()),
+        image: sandbox.image.filter(|i| !i.is_empty()),
+        ..SandboxConfig::default()
+    })
+}
+
+fn bootstrap_base(tag: &str) -> Result<u8, Failure> {
+    let status = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(image::BOOTSTRAP_SCRIPT)
+        .arg("bootstrap-base.sh")
+        .arg(tag)
+        .status()
+        .context("running bash for the bootstrap script")?;
+    if status.success() {
+        Ok(0)
+    } else {
+        Err(Failure::sandbox(anyhow::anyhow!(
+            "making the base image {tag} failed"
+        )))
     }
 }
 

@@ -2,6 +2,7 @@
 //! renders its events and progress for a person (or, with `--json`, for a program).
 //! All printing in oi happens here or in `main.rs`.
 
+pub mod advice;
 pub mod chat;
 pub mod cli;
 pub mod config;
@@ -52,11 +53,12 @@ impl Failure {
     }
 }
 
+/// Printed as the terminal words it ([`advice::describe`]).
 impl From<SandboxError> for Failure {
     fn from(err: SandboxError) -> Self {
         match err {
-            SandboxError::UnknownLanguage { .. } => Failure::usage(err),
-            err => Failure::sandbox(err),
+            SandboxError::UnknownLanguage { .. } => Failure::usage(advice::Described(err)),
+            err => Failure::sandbox(advice::Described(err)),
         }
     }
 }

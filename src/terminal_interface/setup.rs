@@ -86,8 +86,8 @@ pub fn config_from_named(
     config.languages = languages(args).with_context(|| name("sandbox.languages"))?;
     let cwd = std::env::current_dir().context("reading the current directory")?;
     if config.backend == Backend::Host {
-        config.host_workdir = Some(cwd.clone());
-        config.host_scratch_dir = Some(cache_dir());
+        config.host.workdir = Some(cwd.clone());
+        config.host.scratch_dir = Some(cache_dir());
     }
     config.workspace = workspace(args, &cwd)?;
     if args.user.is_none() {

@@ -292,7 +292,7 @@ fn a_session_whose_owner_is_gone_shows_as_gone_and_a_later_start_removes_it() {
                 (docker::OWNER_LABEL, format!("{dead_pid}:1")),
                 (
                     docker::OWNER_HOST_LABEL,
-                    docker::host_identity().to_string(),
+                    oi::core::code_interpreter::host_identity().to_string(),
                 ),
             ];
             let body = bollard::models::ContainerCreateBody {

@@ -382,3 +382,48 @@ async fn a_warm_pool_hands_out_fresh_sessions_and_is_cleaned_up() {
         .collect();
     assert!(left.is_empty(), "pooled containers removed: {left:?}");
 }
+
+/// `oi image ls` looks at the daemon `DOCKER_HOST` names, and marks as current oi's
+/// image on the base the settings give (flag, `[sandbox] base_image`), not a default.
+#[tokio::test]
+async fn image_ls_looks_at_docker_host_and_the_configured_base() {
+    use super::chat::{run as oi, Home};
+    let Some(current) = super::image() else {
+        return;
+    };
+    let home = Home::new();
+    let ls = || {
+        let mut cmd = home.oi(&home.project());
+        cmd.env_remove("OI_BASE_IMAGE").args(["image", "ls"]);
+        cmd
+    };
+    let r = oi(ls().env("DOCKER_HOST", "unix:///nonexistent/docker.sock")).await;
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("cannot reach the Docker daemon at unix:///nonexistent/docker.sock"),
+        "{}",
+        r.stderr
+    );
+    let marked = |stdout: &str| {
+        stdout
+            .lines()
+            .any(|l| l.starts_with(current) && l.trim_end().ends_with('*'))
+    };
+    let r = oi(ls().args(["--base-image", "oi-test-other-base:1"])).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains(current), "{}", r.stdout);
+    assert!(
+        !marked(&r.stdout),
+        "not current on another base: {}",
+        r.stdout
+    );
+    home.write_config("[sandbox]\nbase_image = \"oi-test-other-base:1\"\n");
+    let r = oi(&mut ls()).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        !marked(&r.stdout),
+        "the configured base counts: {}",
+        r.stdout
+    );
+}

@@ -1,6 +1,7 @@
 //! Shared helpers: engines for each backend, the sandbox image built once per test run,
 //! and assertions on executions.
 
+mod backend;
 mod boundary;
 pub(crate) mod chat;
 mod cli;
@@ -16,7 +17,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use oi::core::code_interpreter::{
-    Backend, CollectedOutput, Engine, ExecEvent, ExecRequest, ExecStatus, SandboxConfig, Session,
+    Backend, CollectedOutput, Engine, ExecEvent, ExecRequest, ExecStatus, HostConfig,
+    SandboxConfig, Session,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -96,8 +98,11 @@ pub fn host_config() -> SandboxConfig {
     std::fs::create_dir_all(&workdir).unwrap();
     SandboxConfig {
         backend: Backend::Host,
-        host_scratch_dir: Some(scratch),
-        host_workdir: Some(workdir),
+        host: HostConfig {
+            scratch_dir: Some(scratch),
+            workdir: Some(workdir),
+            ..HostConfig::default()
+        },
         ..SandboxConfig::default()
     }
 }

@@ -275,3 +275,136 @@ async fn large_copies_stream_with_bounded_memory() {
     }
     s.close().await.unwrap();
 }
+
+/// A tar archive in a temporary file, written entry by entry as a remote front end
+/// (or a hostile one) might send it.
+fn archive(build: impl FnOnce(&mut tar::Builder<std::fs::File>)) -> std::fs::File {
+    use std::io::Seek;
+    let mut builder = tar::Builder::new(tempfile::tempfile().unwrap());
+    build(&mut builder);
+    let mut file = builder.into_inner().unwrap();
+    file.rewind().unwrap();
+    file
+}
+
+fn entry(
+    b: &mut tar::Builder<std::fs::File>,
+    kind: tar::EntryType,
+    path: &str,
+    mode: u32,
+    data: &[u8],
+    link: Option<&str>,
+) {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_size(data.len() as u64);
+    if let Some(link) = link {
+        h.set_link_name(link).unwrap();
+    }
+    // Written raw: `set_path` refuses `..`, as a hostile archive would not.
+    let name = h.as_old_mut().name.as_mut();
+    name[..path.len()].copy_from_slice(path.as_bytes());
+    h.set_cksum();
+    b.append(&h, data).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archives_go_in_as_the_sandbox_user_and_come_out_bounded() {
+    use oi::core::code_interpreter::{files, SandboxError};
+    use tar::EntryType::{Char, Directory, Link, Regular, Symlink};
+    let Some((_engine, mut s)) =
+        session_with(Backend::Docker, |c| c.workspace = Workspace::Empty).await
+    else {
+        return;
+    };
+    // Root-owned, a setuid file: what the archive says of itself does not survive.
+    let tool = b"#!/bin/sh\necho hi\n";
+    let sent = s
+        .put_archive(
+            ".",
+            archive(|b| {
+                entry(b, Directory, "in/", 0o755, b"", None);
+                entry(b, Regular, "in/tool", 0o4755, tool, None);
+                entry(b, Symlink, "in/link", 0o777, b"", Some("tool"));
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(sent > tool.len() as u64, "{sent}");
+    let out = run(
+        &mut s,
+        "shell",
+        "stat -c '%u:%g %a' in in/tool; readlink in/link; in/link",
+    )
+    .await;
+    assert_ok(&out);
+    assert_eq!(out.stdout, "1000:1000 755\n1000:1000 755\ntool\nhi\n");
+
+    // Out and back: the same files; past the limit nothing is taken.
+    let got = s.get_archive("in", 1 << 20).await.unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    files::unpack(got, dest.path()).unwrap();
+    assert_eq!(std::fs::read(dest.path().join("in/tool")).unwrap(), tool);
+    assert_eq!(
+        std::fs::read_link(dest.path().join("in/link")).unwrap(),
+        Path::new("tool")
+    );
+    let err = s.get_archive("in", 100).await.unwrap_err();
+    assert!(
+        matches!(&err, SandboxError::CopyTooLarge { path, limit: 100 } if path == "/workspace/in"),
+        "{err:?}"
+    );
+
+    // Refused going in: names that climb or are absolute, hard links, devices; and a
+    // destination outside the workspace. Nothing lands.
+    for (bad, why) in [
+        (
+            archive(|b| entry(b, Regular, "../evil", 0o644, b"x", None)),
+            "plain relative names",
+        ),
+        (
+            archive(|b| entry(b, Regular, "/evil", 0o644, b"x", None)),
+            "plain relative names",
+        ),
+        (
+            archive(|b| entry(b, Link, "hard", 0o644, b"", Some("in/tool"))),
+            "not copied in",
+        ),
+        (
+            archive(|b| entry(b, Char, "tty", 0o666, b"", None)),
+            "not copied in",
+        ),
+    ] {
+        let err = s.put_archive(".", bad).await.unwrap_err().to_string();
+        assert!(err.contains("refused") && err.contains(why), "{err}");
+    }
+    let err = s
+        .put_archive(
+            "../etc",
+            archive(|b| entry(b, Regular, "f", 0o644, b"x", None)),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("outside the workspace"), "{err}");
+    let out = run(&mut s, "shell", "ls -A; ls -A /").await;
+    assert!(out.stdout.starts_with("in\n"), "{out:?}");
+    assert!(
+        !out.stdout.contains("evil") && !out.stdout.contains("tty"),
+        "{out:?}"
+    );
+
+    // A link the sandbox plants comes out in the archive; unpacking it refuses it.
+    assert_ok(&run(&mut s, "shell", "ln -s /etc/passwd in/abs").await);
+    let got = s.get_archive("in", 1 << 20).await.unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let err = files::unpack(got, elsewhere.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("refused the link"), "{err}");
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+    s.close().await.unwrap();
+}

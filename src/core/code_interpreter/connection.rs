@@ -36,8 +36,9 @@ const EVENT_BUFFER: usize = 16;
 /// user) or wedged. The block then ends as crashed and the session gets a new sandbox.
 const KILL_ANSWER_GRACE: Duration = Duration::from_secs(5);
 
-/// The byte streams of a runner, whatever carries them.
-pub(crate) struct Transport {
+/// The byte streams of a runner, whatever carries them: what a backend hands a session
+/// (see [`super::backend::Transport::from_pipes`] for pipes).
+pub struct Transport {
     /// The runner's stdout (frames).
     pub output: BoxStream<'static, std::io::Result<Bytes>>,
     /// The runner's stdin (requests).
@@ -48,7 +49,7 @@ pub(crate) struct Transport {
 
 /// The tail of what a runner wrote to its stderr.
 #[derive(Clone, Default, Debug)]
-pub(crate) struct Diagnostics(Arc<Mutex<String>>);
+pub struct Diagnostics(Arc<Mutex<String>>);
 
 impl Diagnostics {
     const KEEP: usize = 8 * 1024;
@@ -152,9 +153,9 @@ impl RunnerConnection {
                     diagnostics: conn.diagnostics.text(),
                 })
             }
-            Ok(Ok(Err(reason))) => Err(SandboxError::StartFailed {
-                reason,
-                diagnostics: conn.diagnostics.text(),
+            Ok(Ok(Err(runner))) => Err(SandboxError::RunnerVersion {
+                runner,
+                oi: PROTOCOL_VERSION,
             }),
             Ok(Ok(Ok(()))) => Ok(conn),
         }
@@ -306,7 +307,7 @@ struct Reader {
 async fn read_frames(
     mut output: BoxStream<'static, std::io::Result<Bytes>>,
     reader: Reader,
-    hello: oneshot::Sender<std::result::Result<(), String>>,
+    hello: oneshot::Sender<std::result::Result<(), u32>>,
 ) {
     let Reader {
         routes,
@@ -352,9 +353,7 @@ async fn read_frames(
                     let answer = if *v == PROTOCOL_VERSION {
                         Ok(())
                     } else {
-                        Err(format!(
-                            "the runner speaks protocol version {v}, this oi speaks {PROTOCOL_VERSION}: rebuild the image with `oi image build`"
-                        ))
+                        Err(*v)
                     };
                     let _ = tx.send(answer);
                 }

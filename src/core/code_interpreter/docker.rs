@@ -1,20 +1,21 @@
-//! The Docker side of a sandbox: connecting to the daemon, creating a session's
-//! hardened container with the runner attached over stdin/stdout, removing it, and
-//! finding the containers of sessions whose oi process is gone.
+//! The Docker backend: connecting to the daemon, creating a session's hardened
+//! container with the runner attached over stdin/stdout, copying archives in and out
+//! through Docker's archive API, removing containers, and finding the containers of
+//! sessions whose oi process is gone. Building images is [`super::image`]'s part of
+//! this backend ([`DockerBackend`] is also its [`ImageStore`]).
 //!
 //! A session container cleans up after itself, however oi ends: its stdin is opened
 //! once (`StdinOnce`), so when oi's attach connection closes — even because oi was
 //! killed — the runner reads end-of-file, stops what runs and exits; the container is
 //! created with `AutoRemove`, so Docker then removes it (and its private workspace).
-//! `sweep` removes only what is certainly abandoned: stopped session containers, and
-//! running ones whose owner is provably gone (a process of this machine and PID
-//! namespace that no longer exists). Sessions of an oi elsewhere (another host sharing
-//! the daemon, another PID namespace) are never touched while they run.
+//! A sweep removes only what is certainly abandoned ([`SandboxInfo::is_abandoned`]):
+//! stopped session containers, and running ones whose owner is provably gone (a
+//! process of this machine and PID namespace that no longer exists, see
+//! [`super::owner`]). Sessions of an oi elsewhere (another host sharing the daemon,
+//! another PID namespace) are never touched while they run.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::fs::File;
 
 use bollard::container::LogOutput;
 use bollard::models::{
@@ -22,17 +23,21 @@ use bollard::models::{
     MountVolumeOptionsDriverConfig,
 };
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, DownloadFromContainerOptions,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptions,
 };
 use bollard::Docker;
+use futures::future::BoxFuture;
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 
+use super::backend::{ImageStore, SandboxBackend, SandboxInfo, SandboxSpec, Started};
 use super::connection::{Diagnostics, Transport};
-use super::error::{Result, SandboxError};
+use super::error::{Result, SandboxError, Unreachable};
 use super::files::{self, WORKSPACE};
-use super::settings::{Hardening, Owner, OwnerState, Workspace};
+use super::image::{self, BuildProgress, ImageInfo};
+use super::owner::{Owner, OwnerState};
+use super::settings::{Hardening, SandboxConfig, Workspace};
+use crate::core::error_chain::error_chain;
 
 /// Label on every session container oi creates (and never on an image: containers of
 /// other images, such as the builds of a project image `FROM` oi's, inherit an image's
@@ -42,13 +47,9 @@ pub const MANAGED_LABEL: &str = "oi.managed";
 pub const SESSION_LABEL: &str = "oi.session";
 /// Label carrying the owning process (`pid:start_time`).
 pub const OWNER_LABEL: &str = "oi.owner";
-/// Label carrying where the owning process runs (see [`host_identity`]): a pid means
+/// Label carrying where the owning process runs (see [`super::owner::host_identity`]): a pid means
 /// something only on the same machine and in the same PID namespace.
 pub const OWNER_HOST_LABEL: &str = "oi.owner.host";
-
-/// How long a session container may stay created-but-not-started before a sweep by an
-/// oi elsewhere counts it as abandoned (creating and starting take seconds).
-const STALE_CREATED_SECS: i64 = 24 * 3600;
 
 const DEFAULT_ENDPOINT: &str = "unix:///var/run/docker.sock";
 
@@ -59,16 +60,16 @@ pub async fn connect(endpoint: Option<&str>) -> Result<Docker> {
         .filter(|e| !e.is_empty())
         .unwrap_or(DEFAULT_ENDPOINT)
         .to_string();
-    let unavailable = |detail: String, hint: &'static str| SandboxError::DockerUnavailable {
+    let unavailable = |detail: String, cause: Unreachable| SandboxError::DockerUnavailable {
         endpoint: endpoint.clone(),
         detail,
-        hint,
+        cause,
     };
     let client = if let Some(path) = endpoint.strip_prefix("unix://") {
         if !std::path::Path::new(path).exists() {
             return Err(unavailable(
                 "the socket does not exist".into(),
-                NOT_RUNNING_HINT,
+                Unreachable::NotRunning,
             ));
         }
         Docker::connect_with_socket(path, 120, bollard::API_DEFAULT_VERSION)
@@ -77,130 +78,19 @@ pub async fn connect(endpoint: Option<&str>) -> Result<Docker> {
     } else {
         Docker::connect_with_socket(&endpoint, 120, bollard::API_DEFAULT_VERSION)
     }
-    .map_err(|e| unavailable(e.to_string(), NOT_RUNNING_HINT))?;
+    .map_err(|e| unavailable(e.to_string(), Unreachable::NotRunning))?;
     match client.negotiate_version().await {
         Ok(client) => Ok(client),
         Err(err) => {
             let detail = error_chain(&err);
-            let hint = if detail.to_lowercase().contains("permission denied") {
-                PERMISSION_HINT
+            let cause = if detail.to_lowercase().contains("permission denied") {
+                Unreachable::PermissionDenied
             } else {
-                NOT_RUNNING_HINT
+                Unreachable::NotRunning
             };
-            Err(unavailable(detail, hint))
+            Err(unavailable(detail, cause))
         }
     }
-}
-
-const NOT_RUNNING_HINT: &str = "Is Docker installed and running? Install it with `sudo apt-get install docker.io` \
-(Debian/Ubuntu) and start it with `sudo systemctl start docker`; or run without a sandbox, at your own risk, with --unsafe.";
-const PERMISSION_HINT: &str = "Your user may not use Docker: add it to the docker group \
-(`sudo usermod -aG docker $USER`, then log in again), or run oi with sudo.";
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-impl Owner {
-    /// This process.
-    pub fn current() -> Owner {
-        let pid = std::process::id();
-        Owner {
-            pid,
-            start_time: process_start_time(pid).unwrap_or(0),
-            host: host_identity().to_string(),
-        }
-    }
-
-    fn label(&self) -> String {
-        format!("{}:{}", self.pid, self.start_time)
-    }
-
-    fn parse(label: &str, host: Option<&str>) -> Option<Owner> {
-        let (pid, start) = label.split_once(':')?;
-        Some(Owner {
-            pid: pid.parse().ok()?,
-            start_time: start.parse().ok()?,
-            host: host.unwrap_or_default().to_string(),
-        })
-    }
-
-    /// Whether the owning process runs, as far as this process can know: only a
-    /// process of this machine and PID namespace can be looked up by its pid.
-    pub fn state(&self) -> OwnerState {
-        if self.host != host_identity() {
-            return OwnerState::Elsewhere;
-        }
-        if process_start_time(self.pid).is_some_and(|t| t == self.start_time) {
-            OwnerState::Alive
-        } else {
-            OwnerState::Gone
-        }
-    }
-
-    /// Whether the owning process still runs (false when it cannot be known).
-    pub fn is_alive(&self) -> bool {
-        self.state() == OwnerState::Alive
-    }
-}
-
-/// Where this process runs, as far as pids go: the kernel's boot id, this PID
-/// namespace and this user, hashed. Two oi processes with the same identity see each
-/// other's pids; with different ones (another host on a shared daemon, a dev container,
-/// a CI job, another user, whose processes `/proc` may hide with `hidepid`) neither may
-/// judge the other's liveness. When either fact is unreadable the identity
-/// is unique to this process, so that nothing of anyone else's is ever swept.
-pub fn host_identity() -> &'static str {
-    static IDENTITY: OnceLock<String> = OnceLock::new();
-    IDENTITY.get_or_init(|| {
-        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok();
-        let pidns = std::fs::read_link("/proc/self/ns/pid").ok();
-        let mut hash = Sha256::new();
-        match (boot, pidns) {
-            (Some(boot), Some(ns)) => {
-                hash.update(boot.trim().as_bytes());
-                hash.update(b"\n");
-                hash.update(ns.to_string_lossy().as_bytes());
-                hash.update(b"\n");
-                hash.update(rustix::process::geteuid().as_raw().to_string().as_bytes());
-            }
-            _ => hash.update(format!("{}:{}", std::process::id(), new_session_id()).as_bytes()),
-        }
-        hash.finalize()
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    })
-}
-
-fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22, counted after the parenthesised command name, which may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// A new session id: unique per process and over time, short enough to read.
-pub fn new_session_id() -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mixed = (nanos as u64) ^ ((std::process::id() as u64) << 40) ^ ((n as u64) << 20);
-    format!("{:012x}", mixed & 0xffff_ffff_ffff)
 }
 
 /// The create request for a session container: the runner as the main process,
@@ -311,19 +201,23 @@ fn private_workspace(hardening: &Hardening) -> Mount {
     }
 }
 
-/// Creates, attaches to and starts a session container. Returns its id and the
-/// runner's streams.
-pub(crate) async fn start_container(
-    docker: &Docker,
-    image: &str,
-    session_id: &str,
-    name: &str,
-    hardening: &Hardening,
-    workspace: &Workspace,
-) -> Result<(String, Transport)> {
-    let spec = container_spec(image, session_id, hardening, workspace, &Owner::current());
-    let options = CreateContainerOptionsBuilder::default().name(name).build();
-    let created = match docker.create_container(Some(options), spec).await {
+/// Creates, attaches to and starts a session container for `spec`. Returns its id
+/// and the runner's streams.
+async fn start_container(docker: &Docker, spec: SandboxSpec<'_>) -> Result<Started> {
+    let image = spec.image.ok_or(SandboxError::MissingSetting {
+        backend: "docker",
+        setting: "an image",
+    })?;
+    let SandboxConfig {
+        hardening,
+        workspace,
+        ..
+    } = spec.config;
+    let create = container_spec(image, spec.session, hardening, workspace, &Owner::current());
+    let options = CreateContainerOptionsBuilder::default()
+        .name(spec.name)
+        .build();
+    let created = match docker.create_container(Some(options), create).await {
         Ok(created) => created,
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
@@ -385,14 +279,14 @@ pub(crate) async fn start_container(
             futures::future::ready(item)
         })
         .boxed();
-    Ok((
+    Ok(Started {
         id,
-        Transport {
+        transport: Transport {
             output,
             input: attached.input,
             diagnostics,
         },
-    ))
+    })
 }
 
 /// Copies the host folder of a `copy` workspace into the session's private workspace.
@@ -402,23 +296,86 @@ async fn copy_workspace(
     dir: &std::path::Path,
     hardening: &Hardening,
 ) -> Result<()> {
-    match files::upload_contents(docker, id, dir, WORKSPACE, &hardening.user).await {
+    let (uid, gid) = files::parse_user(&hardening.user);
+    let source = dir.to_path_buf();
+    let archive = tokio::task::spawn_blocking(move || files::pack(&source, ".", uid, gid))
+        .await
+        .map_err(|e| SandboxError::Files {
+            message: format!("packing failed: {e}"),
+        })??;
+    match put_archive(docker, id, WORKSPACE, archive).await {
         Err(SandboxError::Files { message }) if message.contains("no space left") => {
-            Err(SandboxError::Files {
-                message: format!(
-                    "{} does not fit the sandbox's private workspace ({}): raise the limit \
-                     (--workspace-size, or workspace_size in [sandbox]) or use --workspace ro",
-                    dir.display(),
-                    super::settings::bytes(hardening.workspace_bytes)
-                ),
+            Err(SandboxError::WorkspaceTooLarge {
+                dir: dir.to_path_buf(),
+                limit: hardening.workspace_bytes,
             })
         }
         other => other.map(|_| ()),
     }
 }
 
+/// Unpacks a tar archive into the container folder `dest` (as the daemon does: as
+/// root, keeping the entries' owners and modes). Returns the bytes sent.
+pub async fn put_archive(
+    docker: &Docker,
+    container: &str,
+    dest: &str,
+    archive: File,
+) -> Result<u64> {
+    let size = archive.metadata().map(|m| m.len()).unwrap_or(0);
+    let body =
+        tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(archive), 64 << 10);
+    let options = UploadToContainerOptions {
+        path: dest.to_string(),
+        ..Default::default()
+    };
+    docker
+        .upload_to_container(container, Some(options), bollard::body_try_stream(body))
+        .await
+        .map_err(|e| match e {
+            bollard::errors::Error::DockerResponseServerError { message, .. } => {
+                SandboxError::Files {
+                    message: format!("copying into {dest} failed: {message}"),
+                }
+            }
+            other => SandboxError::docker("copy into the sandbox")(other),
+        })?;
+    Ok(size)
+}
+
+/// The container's file or folder `source` as a tar archive in a temporary file, at
+/// most `limit` bytes (see [`files::spool`]).
+pub async fn get_archive(
+    docker: &Docker,
+    container: &str,
+    source: &str,
+    limit: u64,
+) -> Result<File> {
+    let options = DownloadFromContainerOptions {
+        path: source.to_string(),
+    };
+    let chunks = docker
+        .download_from_container(container, Some(options))
+        .map(|chunk| {
+            chunk.map_err(|e| match e {
+                bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                } => SandboxError::Files {
+                    message: format!("{source} does not exist in the sandbox"),
+                },
+                bollard::errors::Error::DockerResponseServerError { message, .. } => {
+                    SandboxError::Files {
+                        message: format!("copying {source} out failed: {message}"),
+                    }
+                }
+                other => SandboxError::docker("copy out of the sandbox")(other),
+            })
+        });
+    files::spool(chunks, limit, source).await
+}
+
 /// The user a container's processes run as (`uid:gid`; the image's 1000 if unset).
-pub(crate) async fn user_of(docker: &Docker, id: &str) -> Result<String> {
+pub async fn user_of(docker: &Docker, id: &str) -> Result<String> {
     let info = docker
         .inspect_container(
             id,
@@ -469,45 +426,6 @@ pub async fn exit_reason(docker: &Docker, id: &str) -> Option<String> {
     })
 }
 
-/// One of oi's sandbox containers, as `oi sandbox ls` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct SandboxInfo {
-    pub id: String,
-    pub name: String,
-    pub session: String,
-    pub image: String,
-    pub state: String,
-    pub status: String,
-    pub created: i64,
-    /// The oi process that made it.
-    pub owner_pid: Option<u32>,
-    /// Whether that process is known to run (it is on this machine and in this PID
-    /// namespace, and alive).
-    pub owner_alive: bool,
-    /// `alive`, `gone`, or `elsewhere` (another host or PID namespace: unknowable).
-    pub owner_state: OwnerState,
-}
-
-impl SandboxInfo {
-    /// Whether nobody can be using it any more: stopped, or its owner is provably
-    /// gone. A running session of an oi elsewhere is never abandoned as far as this
-    /// process can tell (it stops by itself when that oi goes, see the module's docs).
-    pub fn is_abandoned(&self, now: i64) -> bool {
-        match self.state.as_str() {
-            "exited" | "dead" => true,
-            // Someone is removing it already.
-            "removing" => false,
-            "created" => match self.owner_state {
-                OwnerState::Gone => true,
-                OwnerState::Alive => false,
-                OwnerState::Elsewhere => now - self.created > STALE_CREATED_SECS,
-            },
-            // running, paused, restarting
-            _ => self.owner_state == OwnerState::Gone,
-        }
-    }
-}
-
 /// oi's session containers, running or not, newest first.
 pub async fn list(docker: &Docker) -> Result<Vec<SandboxInfo>> {
     // The session label, set only on the containers oi creates for sessions: build
@@ -553,22 +471,107 @@ pub async fn list(docker: &Docker) -> Result<Vec<SandboxInfo>> {
     Ok(out)
 }
 
-/// Removes the session containers that are certainly abandoned (see
-/// [`SandboxInfo::is_abandoned`]). Returns them.
-pub async fn sweep(docker: &Docker) -> Result<Vec<SandboxInfo>> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let orphans: Vec<SandboxInfo> = list(docker)
-        .await?
-        .into_iter()
-        .filter(|c| c.is_abandoned(now))
-        .collect();
-    let removals = orphans.iter().map(|c| remove(docker, &c.id));
-    for result in futures::future::join_all(removals).await {
-        result?;
+/// The Docker backend: sessions in hardened containers of one daemon.
+#[derive(Debug, Clone)]
+pub struct DockerBackend {
+    client: Docker,
+}
+
+impl DockerBackend {
+    /// Connects to the daemon at `endpoint` (`None`: the local socket).
+    pub async fn connect(endpoint: Option<&str>) -> Result<DockerBackend> {
+        Ok(DockerBackend {
+            client: connect(endpoint).await?,
+        })
     }
-    Ok(orphans)
+}
+
+impl SandboxBackend for DockerBackend {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn is_sandboxed(&self) -> bool {
+        true
+    }
+
+    fn start<'a>(&'a self, spec: SandboxSpec<'a>) -> BoxFuture<'a, Result<Started>> {
+        Box::pin(start_container(&self.client, spec))
+    }
+
+    fn exit_reason<'a>(&'a self, sandbox: &'a str) -> BoxFuture<'a, Option<String>> {
+        Box::pin(exit_reason(&self.client, sandbox))
+    }
+
+    fn remove<'a>(&'a self, sandbox: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(remove(&self.client, sandbox))
+    }
+
+    fn remove_in_background(&self, sandbox: &str) {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let (client, id) = (self.client.clone(), sandbox.to_string());
+            handle.spawn(async move {
+                let _ = remove(&client, &id).await;
+            });
+        }
+    }
+
+    fn put_archive<'a>(
+        &'a self,
+        sandbox: &'a str,
+        dest: &'a str,
+        archive: File,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(put_archive(&self.client, sandbox, dest, archive))
+    }
+
+    fn get_archive<'a>(
+        &'a self,
+        sandbox: &'a str,
+        source: &'a str,
+        limit: u64,
+    ) -> BoxFuture<'a, Result<File>> {
+        Box::pin(get_archive(&self.client, sandbox, source, limit))
+    }
+
+    fn user<'a>(&'a self, sandbox: &'a str) -> BoxFuture<'a, Result<String>> {
+        Box::pin(user_of(&self.client, sandbox))
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<SandboxInfo>>> {
+        Box::pin(list(&self.client))
+    }
+
+    fn images(&self) -> Option<&dyn ImageStore> {
+        Some(self)
+    }
+
+    fn docker(&self) -> Option<&Docker> {
+        Some(&self.client)
+    }
+}
+
+impl ImageStore for DockerBackend {
+    fn ensure<'a>(
+        &'a self,
+        config: &'a SandboxConfig,
+        force: bool,
+        progress: &'a mut (dyn FnMut(BuildProgress) + Send),
+    ) -> BoxFuture<'a, Result<String>> {
+        Box::pin(image::ensure_for(&self.client, config, force, progress))
+    }
+
+    fn own_tag<'a>(&'a self, base: Option<&'a str>) -> BoxFuture<'a, String> {
+        Box::pin(async move { image::image_tag(&image::resolve_base(&self.client, base).await) })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ImageInfo>>> {
+        Box::pin(image::list(&self.client))
+    }
+
+    fn remove<'a>(&'a self, tag: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(image::remove(&self.client, tag))
+    }
 }
 
 #[cfg(test)]
@@ -646,60 +649,5 @@ mod tests {
             "nothing code prints is kept on the daemon's disk"
         );
         assert_eq!(labels[SESSION_LABEL], "s1");
-    }
-
-    #[test]
-    fn owner_of_this_process_is_alive_and_a_made_up_one_is_not() {
-        assert_eq!(Owner::current().state(), OwnerState::Alive);
-        let gone = Owner {
-            start_time: 1,
-            ..Owner::current()
-        };
-        assert_eq!(gone.state(), OwnerState::Gone);
-        assert_eq!(
-            Owner::parse("12:34", Some("h")),
-            Some(Owner {
-                pid: 12,
-                start_time: 34,
-                host: "h".into(),
-            })
-        );
-    }
-
-    #[test]
-    fn d6_an_owner_in_another_pid_namespace_is_never_judged_from_here() {
-        // The same pid and start time as a live process here, but from elsewhere: a
-        // pid means nothing across hosts or PID namespaces.
-        let elsewhere = Owner {
-            host: "another-host".into(),
-            ..Owner::current()
-        };
-        assert_eq!(elsewhere.state(), OwnerState::Elsewhere);
-        let gone_elsewhere = Owner {
-            pid: u32::MAX,
-            host: "another-host".into(),
-            ..Owner::current()
-        };
-        assert_eq!(gone_elsewhere.state(), OwnerState::Elsewhere);
-        let info = |state: &str, owner_state, created| SandboxInfo {
-            id: "x".into(),
-            name: "oi-x".into(),
-            session: "x".into(),
-            image: "i".into(),
-            state: state.into(),
-            status: String::new(),
-            created,
-            owner_pid: Some(1),
-            owner_alive: owner_state == OwnerState::Alive,
-            owner_state,
-        };
-        let now = 1_000_000;
-        assert!(!info("running", OwnerState::Elsewhere, 0).is_abandoned(now));
-        assert!(!info("running", OwnerState::Alive, 0).is_abandoned(now));
-        assert!(info("running", OwnerState::Gone, 0).is_abandoned(now));
-        assert!(info("exited", OwnerState::Elsewhere, 0).is_abandoned(now));
-        assert!(!info("created", OwnerState::Elsewhere, now - 60).is_abandoned(now));
-        assert!(info("created", OwnerState::Elsewhere, 0).is_abandoned(now));
-        assert!(!info("removing", OwnerState::Gone, 0).is_abandoned(now));
     }
 }

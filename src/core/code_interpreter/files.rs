@@ -1,16 +1,21 @@
-//! Files into and out of a sandbox's workspace, through Docker's archive API (tar).
+//! Files into and out of a sandbox's workspace as tar archives: packing host files,
+//! making an archive fit to be copied in, bounding one copied out, and unpacking it on
+//! the host without anything landing outside its destination.
 //!
-//! In: the host file or folder is packed into a temporary tar file (so memory stays
-//! bounded), its entries owned by the sandbox's user, and streamed to the container; it
-//! is read through folders opened without following links, so a folder the sandbox
-//! swaps for a link meanwhile cannot make oi read what the link points to.
-//! Out: the container's tar is streamed to a temporary file, then unpacked entry by
-//! entry through [`crate::core::hostfs`]: relative to folders opened without following
-//! links, files created exclusively, links made verbatim and then resolved as the
-//! filesystem would; what could land outside the destination is refused and the copy
-//! taken back (absolute paths, `..`, links leading out, hard links, devices). Paths on
-//! the sandbox side must stay inside `/workspace`. Knows Docker and tar, not sessions;
-//! how host files are created safely is `hostfs`'s business.
+//! In: [`pack`] writes a host file or folder into a temporary tar file (so memory stays
+//! bounded), its entries owned by the sandbox's user; it reads through folders opened
+//! without following links, so a folder the sandbox swaps for a link meanwhile cannot
+//! make oi read what the link points to. An archive from elsewhere (a remote front end)
+//! is rewritten by [`claim`] first: owned by the sandbox's user, permission bits only,
+//! plain names, nothing but files, folders and links.
+//! Out: a backend's archive is spooled to a temporary file, at most a given size
+//! ([`spool`]), then [`unpack`]ed entry by entry through [`crate::core::hostfs`]:
+//! relative to folders opened without following links, files created exclusively,
+//! links made verbatim and then resolved as the filesystem would; what could land
+//! outside the destination is refused and the copy taken back (absolute paths, `..`,
+//! links leading out, hard links, devices). Paths on the sandbox side must stay inside
+//! `/workspace` ([`workspace_path`]). Knows tar and host files, not backends or
+//! sessions; how host files are created safely is `hostfs`'s business.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -18,9 +23,8 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 
-use bollard::query_parameters::{DownloadFromContainerOptions, UploadToContainerOptions};
-use bollard::Docker;
-use futures::StreamExt;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
 
 use super::error::{Result, SandboxError};
 use crate::core::hostfs::{self, Dir, HostFsError, LinkCheck};
@@ -64,70 +68,8 @@ pub fn workspace_path(path: &str) -> Result<String> {
     }
 }
 
-/// Copies a host file or folder into the sandbox folder `dest` (inside the workspace),
-/// owned by `user` (`uid:gid`). Returns the bytes sent.
-pub async fn upload(
-    docker: &Docker,
-    container: &str,
-    source: &Path,
-    dest: &str,
-    user: &str,
-) -> Result<u64> {
-    let name = source
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| ".".into());
-    send(docker, container, source, &name, dest, user).await
-}
-
-/// Copies what a host folder contains into the sandbox folder `dest` (copy mode).
-pub async fn upload_contents(
-    docker: &Docker,
-    container: &str,
-    dir: &Path,
-    dest: &str,
-    user: &str,
-) -> Result<u64> {
-    send(docker, container, dir, ".", dest, user).await
-}
-
-async fn send(
-    docker: &Docker,
-    container: &str,
-    source: &Path,
-    name: &str,
-    dest: &str,
-    user: &str,
-) -> Result<u64> {
-    let dest = workspace_path(dest)?;
-    std::fs::symlink_metadata(source)
-        .map_err(|e| refused(format!("cannot read {}: {e}", source.display())))?;
-    let name = name.to_string();
-    let (uid, gid) = parse_user(user);
-    let source = source.to_path_buf();
-    let tar = tokio::task::spawn_blocking(move || pack(&source, &name, uid, gid))
-        .await
-        .map_err(|e| refused(format!("packing failed: {e}")))??;
-    let size = tar.metadata().map(|m| m.len()).unwrap_or(0);
-    let file = tokio::fs::File::from_std(tar);
-    let body = tokio_util::io::ReaderStream::with_capacity(file, 64 << 10);
-    let options = UploadToContainerOptions {
-        path: dest.clone(),
-        ..Default::default()
-    };
-    docker
-        .upload_to_container(container, Some(options), bollard::body_try_stream(body))
-        .await
-        .map_err(|e| match e {
-            bollard::errors::Error::DockerResponseServerError { message, .. } => {
-                refused(format!("copying into {dest} failed: {message}"))
-            }
-            other => SandboxError::docker("copy into the sandbox")(other),
-        })?;
-    Ok(size)
-}
-
-fn parse_user(user: &str) -> (u64, u64) {
+/// `uid:gid` (or `uid`) as numbers; the image's 1000 for what does not parse.
+pub fn parse_user(user: &str) -> (u64, u64) {
     let mut parts = user.split(':').map(|p| p.parse::<u64>().unwrap_or(1000));
     let uid = parts.next().unwrap_or(1000);
     (uid, parts.next().unwrap_or(uid))
@@ -139,13 +81,17 @@ enum Item {
     Folder(Rc<Dir>, PathBuf),
 }
 
-/// Packs `source` into a temporary tar file whose entries are owned by uid:gid.
+/// Packs the host file or folder `source` into a temporary tar file, positioned at its
+/// start, as `name` (`.` packs a folder's contents), its entries owned by uid:gid.
 ///
 /// The source is read through folders opened without following links
 /// ([`hostfs::Dir`]): the user names it, but it may lie in the workspace, where the
 /// sandbox can swap a folder for a link to what it should not see while oi reads. A
 /// link inside the source is packed as a link; a link on the way to it is refused.
-fn pack(source: &Path, name: &str, uid: u64, gid: u64) -> Result<File> {
+/// Pipes, sockets and devices are left out.
+pub fn pack(source: &Path, name: &str, uid: u64, gid: u64) -> Result<File> {
+    std::fs::symlink_metadata(source)
+        .map_err(|e| refused(format!("cannot read {}: {e}", source.display())))?;
     let mut builder =
         tar::Builder::new(tempfile::tempfile().map_err(io_error("a temporary file"))?);
     builder.follow_symlinks(false);
@@ -235,59 +181,114 @@ fn pack(source: &Path, name: &str, uid: u64, gid: u64) -> Result<File> {
             stack.push(Item::Named(folder.clone(), base, in_tar));
         }
     }
+    finish(builder)
+}
+
+/// The archive's end written, its file positioned at the start for reading.
+fn finish(builder: tar::Builder<File>) -> Result<File> {
     let mut file = builder.into_inner().map_err(io_error("packing"))?;
     file.flush().map_err(io_error("packing"))?;
     file.seek(SeekFrom::Start(0)).map_err(io_error("packing"))?;
     Ok(file)
 }
 
-/// Copies a sandbox file or folder (inside the workspace) into the host folder `dest`.
-/// Existing files are not overwritten. Returns the paths written.
+/// An archive from elsewhere made fit to be copied in, in a new temporary file
+/// positioned at its start: every entry owned by uid:gid with permission bits only (no
+/// setuid, setgid or sticky bit), under a plain relative name; files, folders and
+/// symbolic links only. Hard links, devices, pipes and sparse entries are refused (a
+/// sparse entry would expand on this machine's disk).
 ///
-/// At most `limit` bytes of archive are taken (a sparse file is as large in the archive
-/// as it claims to be: a tmpfs holds a "1 PB" file that Docker would expand).
-pub async fn download(
-    docker: &Docker,
-    container: &str,
-    source: &str,
-    dest: &Path,
-    limit: u64,
-) -> Result<Vec<PathBuf>> {
-    let source = workspace_path(source)?;
-    let options = DownloadFromContainerOptions {
-        path: source.clone(),
-    };
-    let mut stream = docker.download_from_container(container, Some(options));
-    let mut tar = tempfile::tempfile().map_err(io_error("a temporary file"))?;
-    let mut taken = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| match e {
-            bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            } => refused(format!("{source} does not exist in the sandbox")),
-            bollard::errors::Error::DockerResponseServerError { message, .. } => {
-                refused(format!("copying {source} out failed: {message}"))
+/// The backend unpacks the result as whoever it runs as (Docker: root, keeping the
+/// archive's owners and modes), so nothing the archive claims about itself survives.
+pub fn claim<R: std::io::Read>(archive: R, uid: u64, gid: u64) -> Result<File> {
+    let mut builder =
+        tar::Builder::new(tempfile::tempfile().map_err(io_error("a temporary file"))?);
+    let mut source = tar::Archive::new(archive);
+    for entry in source.entries().map_err(io_error("reading the archive"))? {
+        let mut entry = entry.map_err(io_error("reading the archive"))?;
+        let path = entry
+            .path()
+            .map_err(io_error("reading the archive"))?
+            .into_owned();
+        let shown = hostfs::shown(&path);
+        let kind = entry.header().entry_type();
+        // The destination itself (`.`, as `pack` names a folder's contents) keeps its
+        // owner and mode.
+        let is_dest = path.components().all(|c| c == Component::CurDir);
+        if kind == tar::EntryType::XGlobalHeader || (is_dest && kind.is_dir()) {
+            continue;
+        }
+        let Some((parents, name)) = plain_parts(&path) else {
+            return Err(refused(format!(
+                "refused `{shown}`: an archive copied in may only hold plain relative names"
+            )));
+        };
+        let path: PathBuf = parents.iter().chain([&name]).collect();
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(entry.header().mode().unwrap_or(0o644) & 0o777);
+        header.set_mtime(entry.header().mtime().unwrap_or(0));
+        header.set_uid(uid);
+        header.set_gid(gid);
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(entry.size());
+                builder
+                    .append_data(&mut header, &path, &mut entry)
+                    .map_err(io_error("rewriting the archive"))?;
             }
-            other => SandboxError::docker("copy out of the sandbox")(other),
-        })?;
+            tar::EntryType::Directory => {
+                header.set_size(0);
+                builder
+                    .append_data(&mut header, &path, std::io::empty())
+                    .map_err(io_error("rewriting the archive"))?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(io_error("reading the archive"))?
+                    .map(|l| l.into_owned())
+                    .unwrap_or_default();
+                header.set_size(0);
+                builder
+                    .append_link(&mut header, &path, &target)
+                    .map_err(io_error("rewriting the archive"))?;
+            }
+            other => {
+                return Err(refused(format!(
+                    "refused `{shown}`: a {other:?} entry is not copied in"
+                )))
+            }
+        }
+    }
+    finish(builder)
+}
+
+/// Writes a backend's archive stream into a temporary file, positioned at its start,
+/// taking at most `limit` bytes: past it the copy of `path` is refused and nothing is
+/// kept (a tmpfs holds a sparse file of any claimed size, which an archive expands).
+pub async fn spool<S>(mut chunks: S, limit: u64, path: &str) -> Result<File>
+where
+    S: Stream<Item = Result<Bytes>> + Unpin,
+{
+    let mut file = tempfile::tempfile().map_err(io_error("a temporary file"))?;
+    let mut taken = 0u64;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
         taken += chunk.len() as u64;
         if taken > limit {
-            return Err(refused(format!(
-                "{source} is more than {} to copy out (sparse files count at their full size); \
-                 nothing was written: copy a smaller part, or allow more (--workspace-size, \
-                 or `oi sandbox cp --limit`)",
-                super::settings::bytes(limit.min(i64::MAX as u64) as i64)
-            )));
+            return Err(SandboxError::CopyTooLarge {
+                path: path.to_string(),
+                limit,
+            });
         }
-        tar.write_all(&chunk)
+        file.write_all(&chunk)
             .map_err(io_error("buffering the copy"))?;
     }
-    tar.seek(SeekFrom::Start(0))
+    file.seek(SeekFrom::Start(0))
         .map_err(io_error("buffering the copy"))?;
-    let dest = dest.to_path_buf();
-    tokio::task::spawn_blocking(move || unpack(tar, &dest))
-        .await
-        .map_err(|e| refused(format!("unpacking failed: {e}")))?
+    Ok(file)
 }
 
 /// Unpacks a tar from a sandbox into `dest`; nothing lands outside it, whatever links,
@@ -706,6 +707,90 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("is a symbolic link"), "{err}");
+    }
+
+    /// An archive from elsewhere keeps its files and links, loses what it claims of
+    /// owners and special bits, and is refused whole for names or kinds that could
+    /// reach past the destination or the host's disk.
+    #[test]
+    fn archives_copied_in_are_claimed_for_the_sandbox_user() {
+        let tar = archive(|b| {
+            dir(b, "./");
+            dir(b, "in/");
+            let mut h = tar::Header::new_gnu();
+            h.set_size(1);
+            h.set_mode(0o6755);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_path("in/tool").unwrap();
+            h.set_cksum();
+            b.append(&h, &b"x"[..]).unwrap();
+            link(b, "in/up", "../..");
+        });
+        let claimed = claim(std::io::Cursor::new(tar), 1000, 1001).unwrap();
+        let mut seen = Vec::new();
+        for entry in tar::Archive::new(claimed).entries().unwrap() {
+            let entry = entry.unwrap();
+            let h = entry.header();
+            seen.push(format!(
+                "{} {:?} {:o} {}:{}",
+                entry.path().unwrap().display(),
+                h.entry_type(),
+                h.mode().unwrap(),
+                h.uid().unwrap(),
+                h.gid().unwrap()
+            ));
+        }
+        assert_eq!(
+            seen,
+            [
+                "in Directory 755 1000:1001",
+                "in/tool Regular 755 1000:1001",
+                // Links stay links: where they lead is judged inside the sandbox.
+                "in/up Symlink 644 1000:1001",
+            ]
+        );
+        let hard = archive(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(0);
+            h.set_entry_type(tar::EntryType::Link);
+            h.set_path("h").unwrap();
+            h.set_link_name("/etc/shadow").unwrap();
+            h.set_cksum();
+            b.append(&h, std::io::empty()).unwrap();
+        });
+        for (bad, why) in [
+            (
+                archive(|b| file(b, "../evil", b"x")),
+                "plain relative names",
+            ),
+            (
+                archive(|b| file(b, "/etc/evil", b"x")),
+                "plain relative names",
+            ),
+            (hard, "Link entry is not copied in"),
+        ] {
+            let err = claim(std::io::Cursor::new(bad), 1000, 1000)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_copy_out_takes_at_most_its_limit() {
+        let chunks =
+            |n: usize| futures::stream::iter((0..n).map(|_| Ok(Bytes::from_static(&[7u8; 1024]))));
+        let mut file = spool(chunks(4), 4096, "/workspace/f").await.unwrap();
+        let mut back = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut back).unwrap();
+        assert_eq!(back.len(), 4096, "all of it, from the start");
+        let err = spool(chunks(5), 4096, "/workspace/f").await.unwrap_err();
+        assert!(
+            matches!(&err, SandboxError::CopyTooLarge { path, limit: 4096 } if path == "/workspace/f"),
+            "{err:?}"
+        );
     }
 
     /// The sandbox swaps a folder it can write for a link to a secret while oi packs

@@ -1,8 +1,9 @@
-//! oi's sandbox image: the recipe in `images/` is compiled into the binary, sent to the
-//! Docker daemon as an in-memory tar build context, and tagged by a hash of that
-//! context and the base image, so a changed recipe gets a new tag and an unchanged
-//! one is never rebuilt. Progress is reported as [`BuildProgress`] values; rendering
-//! it is the front end's job.
+//! oi's sandbox image, the Docker backend's images: the recipe in `images/` is compiled
+//! into the binary, sent to the Docker daemon as an in-memory tar build context, and
+//! tagged by a hash of that context and the base image, so a changed recipe gets a new
+//! tag and an unchanged one is never rebuilt. Progress is reported as [`BuildProgress`]
+//! values; rendering it is the front end's job. Other backends have no images here
+//! (see [`super::backend::ImageStore`]).
 
 use std::collections::HashMap;
 
@@ -11,7 +12,8 @@ use bollard::Docker;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
-use super::error::{Result, SandboxError};
+use super::error::{BuildHint, Result, SandboxError};
+use super::settings::SandboxConfig;
 
 /// The repository oi's sandbox images are tagged in.
 pub const IMAGE_REPOSITORY: &str = "oi-sandbox";
@@ -131,6 +133,36 @@ pub async fn exists(docker: &Docker, tag: &str) -> Result<bool> {
         }) => Ok(false),
         Err(err) => Err(SandboxError::docker("image inspect")(err)),
     }
+}
+
+/// Makes sure the image sessions of `config` run exists. A configured image that is
+/// not oi's own is only checked for (oi cannot build it); oi's own image, and the
+/// project's on top of it, are built when missing (or always, with `force`). Returns
+/// the tag.
+pub async fn ensure_for(
+    docker: &Docker,
+    config: &SandboxConfig,
+    force: bool,
+    progress: &mut (dyn FnMut(BuildProgress) + Send),
+) -> Result<String> {
+    if let Some(tag) = &config.image {
+        let exists = exists(docker, tag).await?;
+        if !tag.starts_with(IMAGE_REPOSITORY) {
+            return if exists {
+                Ok(tag.clone())
+            } else {
+                Err(SandboxError::ImageMissing { tag: tag.clone() })
+            };
+        }
+        if exists && !force {
+            return Ok(tag.clone());
+        }
+    }
+    let mut tag = ensure(docker, config.base_image.as_deref(), force, progress).await?;
+    if let Some(project) = &config.project {
+        tag = ensure_project(docker, &tag, project, force, progress).await?;
+    }
+    Ok(tag)
 }
 
 /// Makes sure oi's image for `base` exists, building it when missing (or always, with
@@ -258,10 +290,7 @@ fn build_failed(step: Option<String>, message: String, log: Vec<String>) -> Sand
         || lower.contains("lookup ")
         || lower.contains("no such host")
         || lower.contains("registry");
-    let hint = pulling.then_some(
-        "the base image is not on this machine and no registry answered: make one offline with \
-         `oi image bootstrap-base` (images/bootstrap-base.sh), or name a local one with --base-image",
-    );
+    let hint = pulling.then_some(BuildHint::BaseUnreachable);
     SandboxError::BuildFailed {
         step,
         message: message.trim().to_string(),
@@ -312,7 +341,7 @@ impl ProjectImage {
                     path.display()
                 ),
                 log: Vec::new(),
-                hint: Some("check `dockerfile` under [sandbox] in oi.toml"),
+                hint: Some(BuildHint::ProjectDockerfile),
             })?,
             None => "ARG OI_IMAGE\nFROM ${OI_IMAGE}\n".to_string(),
         };
@@ -326,7 +355,7 @@ impl ProjectImage {
                     step: None,
                     message: format!("`{name}` is not a package name"),
                     log: Vec::new(),
-                    hint: Some("apt_packages and pip_packages in oi.toml take package names only"),
+                    hint: Some(BuildHint::PackageNames),
                 });
             }
         }
@@ -438,7 +467,7 @@ pub async fn ensure_project(
                           what you trusted; nothing was built"
                     .into(),
                 log: Vec::new(),
-                hint: Some("look at what changed, then `oi trust` the project file again"),
+                hint: Some(BuildHint::ProjectChanged),
             });
         }
     }

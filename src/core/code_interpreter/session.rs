@@ -1,34 +1,38 @@
-//! A sandbox session: one runner (in its own container, or on the host with
-//! `--unsafe`) that keeps interpreter state between blocks, from `open` to `close`.
+//! A sandbox session: one runner (in its own container, or on the host without a
+//! sandbox) that keeps interpreter state between blocks, from `open` to `close`.
 //!
-//! [`Engine`] holds what sessions share (the Docker client and the configuration);
-//! [`Session`] runs blocks. If a session's container dies, the next block starts a new
-//! one and says, as a notice, that the state was lost.
+//! [`Engine`] holds what sessions share: the configuration and the
+//! [`SandboxBackend`] that starts their sandboxes, chosen once and explicitly (Docker or
+//! the host from [`SandboxConfig::backend`], or any other given to
+//! [`Engine::with_backend`]). [`Session`] runs blocks. If a session's sandbox dies,
+//! the next block starts a new one and says, as a notice, that the state was lost.
+//! Files cross as tar archives ([`Session::put_archive`], [`Session::get_archive`]);
+//! host paths are only a convenience for front ends on this machine.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bollard::Docker;
-use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
-use super::connection::{Escalation, RunnerConnection, Transport};
-use super::docker::{self, SandboxInfo};
-use super::error::{Result, SandboxError};
+use super::backend::{self, ImageStore, SandboxBackend, SandboxInfo, SandboxSpec};
+use super::connection::{Escalation, RunnerConnection};
+use super::docker::DockerBackend;
+use super::error::{Capability, Result, SandboxError};
 use super::execution::{ExecEvent, ExecRequest, Execution};
 use super::files;
-use super::host;
-use super::image::{self, BuildProgress};
+use super::host::HostBackend;
+use super::image::BuildProgress;
+use super::owner::new_session_id;
 use super::settings::{Backend, Hardening, SandboxConfig};
 
 /// What an archive adds to the files it carries (headers, padding), allowed on top of a
 /// copy's limit.
 const COPY_SLACK: u64 = 16 << 20;
 
-/// What sessions share: the configuration and, for the Docker backend, the client.
+/// What sessions share: the configuration and the backend their sandboxes run on.
 ///
 /// # Examples
 ///
@@ -50,7 +54,7 @@ const COPY_SLACK: u64 = 16 << 20;
 #[derive(Clone)]
 pub struct Engine {
     config: SandboxConfig,
-    docker: Option<Docker>,
+    backend: Arc<dyn SandboxBackend>,
     /// Sessions started ahead (see [`Engine::start_pool`]); `None` in sessions' own
     /// copies of the engine.
     pool: Option<Arc<Pool>>,
@@ -72,21 +76,54 @@ struct Pool {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
+            .field("backend", &self.backend.name())
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
 impl Engine {
-    /// Connects to Docker (unless the backend is the host) and checks that it answers.
+    /// Starts the backend `config.backend` names — connects to Docker and checks that
+    /// it answers, or prepares the host runner. Nothing falls back to another backend.
     pub async fn connect(config: SandboxConfig) -> Result<Engine> {
-        let docker = match config.backend {
-            Backend::Docker => Some(docker::connect(config.docker_host.as_deref()).await?),
-            Backend::Host => None,
+        let backend: Arc<dyn SandboxBackend> = match config.backend {
+            Backend::Docker => {
+                Arc::new(DockerBackend::connect(config.docker_host.as_deref()).await?)
+            }
+            Backend::Host => Arc::new(HostBackend::new(config.host.clone())?),
         };
+        Engine::with_backend(config, backend)
+    }
+
+    /// An engine whose sessions run on `backend`, one oi does not start by itself (a
+    /// cluster's pods, a test's). It must be what the configuration promises: a
+    /// sandbox for [`Backend::Docker`], none for [`Backend::Host`]
+    /// ([`SandboxError::BackendMismatch`] otherwise), since the model and the user are
+    /// told which.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use oi::core::code_interpreter::{Backend, Engine, HostBackend, HostConfig, SandboxConfig};
+    ///
+    /// # fn run() -> Result<(), oi::core::code_interpreter::SandboxError> {
+    /// // Any `SandboxBackend`; the host runner here, so the configuration says `Host`.
+    /// let host = HostConfig { scratch_dir: Some("/tmp/oi".into()), ..HostConfig::default() };
+    /// let config = SandboxConfig { backend: Backend::Host, ..SandboxConfig::default() };
+    /// let engine = Engine::with_backend(config, Arc::new(HostBackend::new(host)?))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_backend(config: SandboxConfig, backend: Arc<dyn SandboxBackend>) -> Result<Engine> {
+        if backend.is_sandboxed() != config.backend.is_sandboxed() {
+            return Err(SandboxError::BackendMismatch {
+                configured: config.backend,
+                backend: backend.name(),
+            });
+        }
         Ok(Engine {
             config,
-            docker,
+            backend,
             pool: Some(Arc::default()),
         })
     }
@@ -194,61 +231,46 @@ impl Engine {
         &self.config
     }
 
-    /// The Docker client, for the Docker backend.
-    pub fn docker(&self) -> Option<&Docker> {
-        self.docker.as_ref()
+    /// The backend sessions run on.
+    pub fn backend(&self) -> &Arc<dyn SandboxBackend> {
+        &self.backend
     }
 
-    fn docker_or_err(&self) -> Result<&Docker> {
-        self.docker
-            .as_ref()
-            .ok_or_else(|| SandboxError::StartFailed {
-                reason: "this engine runs code on the host, not in Docker".into(),
-                diagnostics: String::new(),
-            })
+    /// The Docker client, for the Docker backend.
+    pub fn docker(&self) -> Option<&Docker> {
+        self.backend.docker()
+    }
+
+    /// The backend's images; an error for a backend without any.
+    pub fn images(&self) -> Result<&dyn ImageStore> {
+        self.backend.images().ok_or(SandboxError::Unsupported {
+            backend: self.backend.name(),
+            capability: Capability::Images,
+        })
     }
 
     /// Makes sure the session image exists, building oi's own image when it is
     /// missing (or always, with `force`); fixes the engine's image to it.
-    /// A configured image other than oi's own is only checked for.
+    /// A configured image other than oi's own is only checked for. An error for a
+    /// backend without images.
     pub async fn ensure_image(
         &mut self,
         force: bool,
         progress: &mut (dyn FnMut(BuildProgress) + Send),
     ) -> Result<String> {
-        let docker = self.docker_or_err()?.clone();
-        if let Some(tag) = self.config.image.clone() {
-            let exists = image::exists(&docker, &tag).await?;
-            // Someone else's image is only checked for: oi cannot build it.
-            if !tag.starts_with(image::IMAGE_REPOSITORY) {
-                return if exists {
-                    Ok(tag)
-                } else {
-                    Err(SandboxError::ImageMissing { tag })
-                };
-            }
-            if exists && !force {
-                return Ok(tag);
-            }
-        }
-        let mut tag =
-            image::ensure(&docker, self.config.base_image.as_deref(), force, progress).await?;
-        if let Some(project) = &self.config.project {
-            tag = image::ensure_project(&docker, &tag, project, force, progress).await?;
-        }
+        let tag = self.images()?.ensure(&self.config, force, progress).await?;
         self.config.image = Some(tag.clone());
         Ok(tag)
     }
 
-    /// The image sessions start from.
+    /// The image sessions start from (for a backend with images).
     pub async fn image(&self) -> Result<String> {
         match &self.config.image {
             Some(tag) => Ok(tag.clone()),
-            None => {
-                let docker = self.docker_or_err()?;
-                let base = image::resolve_base(docker, self.config.base_image.as_deref()).await;
-                Ok(image::image_tag(&base))
-            }
+            None => Ok(self
+                .images()?
+                .own_tag(self.config.base_image.as_deref())
+                .await),
         }
     }
 
@@ -267,139 +289,136 @@ impl Engine {
     }
 
     async fn open_fresh(&self) -> Result<Session> {
-        let id = docker::new_session_id();
-        let image = match self.config.backend {
-            Backend::Docker => Some(self.image().await?),
-            Backend::Host => None,
+        let id = new_session_id();
+        let image = match self.backend.images() {
+            Some(_) => Some(self.image().await?),
+            None => None,
         };
-        let (runtime, conn) = self
-            .start_runtime(&id, &format!("oi-{id}"), image.as_deref())
+        let (sandbox, conn) = self
+            .start_sandbox(&id, &format!("oi-{id}"), image.as_deref())
             .await?;
         Ok(Session {
             id,
             engine: self.without_pool(),
             image,
-            runtime: Some(runtime),
+            sandbox: Some(sandbox),
             conn: Some(conn),
             restarts: 0,
         })
     }
 
-    /// Starts a runner for session `id`: a container named `name`, or a host process.
-    async fn start_runtime(
+    /// Starts a sandbox named `name` for session `id` and waits for its runner's hello;
+    /// a sandbox whose runner does not say it is removed again.
+    async fn start_sandbox(
         &self,
         id: &str,
         name: &str,
         image: Option<&str>,
-    ) -> Result<(Runtime, RunnerConnection)> {
-        match (&self.docker, image) {
-            (Some(docker), Some(image)) => {
-                let (container, transport) = docker::start_container(
-                    docker,
-                    image,
-                    id,
-                    name,
-                    &self.config.hardening,
-                    &self.config.workspace,
-                )
-                .await?;
-                match self.handshake(transport).await {
-                    Ok(conn) => Ok((Runtime::Container(container), conn)),
-                    Err(err) => {
-                        let err = match (err, docker::exit_reason(docker, &container).await) {
-                            (
-                                SandboxError::StartFailed {
-                                    reason,
-                                    diagnostics,
-                                },
-                                Some(why),
-                            ) => SandboxError::StartFailed {
-                                reason: format!("{reason} ({why})"),
-                                diagnostics,
-                            },
-                            (err, _) => err,
-                        };
-                        let _ = docker::remove(docker, &container).await;
-                        Err(err)
-                    }
-                }
-            }
-            _ => {
-                let (child, transport) = host::start_runner(&self.config).await?;
-                let conn = self.handshake(transport).await?;
-                Ok((Runtime::Host(child), conn))
+    ) -> Result<(String, RunnerConnection)> {
+        let spec = SandboxSpec {
+            session: id,
+            name,
+            image,
+            config: &self.config,
+        };
+        let started = self.backend.start(spec).await?;
+        match RunnerConnection::open(started.transport, self.config.start_timeout).await {
+            Ok(conn) => Ok((started.id, conn)),
+            Err(err) => {
+                let err = match (err, self.backend.exit_reason(&started.id).await) {
+                    (
+                        SandboxError::StartFailed {
+                            reason,
+                            diagnostics,
+                        },
+                        Some(why),
+                    ) => SandboxError::StartFailed {
+                        reason: format!("{reason} ({why})"),
+                        diagnostics,
+                    },
+                    (err, _) => err,
+                };
+                let _ = self.backend.remove(&started.id).await;
+                Err(err)
             }
         }
     }
 
-    async fn handshake(&self, transport: Transport) -> Result<RunnerConnection> {
-        RunnerConnection::open(transport, self.config.start_timeout).await
-    }
-
-    /// oi's containers on this Docker daemon.
+    /// The sessions' sandboxes of the backend (every oi's, not only this one's).
     pub async fn list(&self) -> Result<Vec<SandboxInfo>> {
-        docker::list(self.docker_or_err()?).await
+        self.backend.list().await
     }
 
-    /// Removes containers left behind by oi processes that are gone.
+    /// Removes sandboxes left behind by oi processes that are gone.
     pub async fn sweep(&self) -> Result<Vec<SandboxInfo>> {
-        docker::sweep(self.docker_or_err()?).await
+        self.backend.sweep().await
     }
 
-    /// Removes one container (by id, id prefix or name).
+    /// Removes one sandbox, by its id.
     pub async fn remove(&self, id: &str) -> Result<()> {
-        docker::remove(self.docker_or_err()?, id).await
+        self.backend.remove(id).await
     }
 
-    /// Copies a host file or folder into a running sandbox's workspace (`container` as
-    /// `oi sandbox ls` shows it: id prefix, name or session), owned by its user.
-    pub async fn copy_in(&self, container: &str, source: &Path, dest: &str) -> Result<u64> {
-        let docker = self.docker_or_err()?;
-        let (id, user) = self.find(container).await?;
-        files::upload(docker, &id, source, dest, &user).await
+    /// The one sandbox `reference` names, as a listing shows them: an id or a
+    /// prefix of one, a name, or a session id.
+    pub async fn find(&self, reference: &str) -> Result<SandboxInfo> {
+        let list = self.list().await?;
+        backend::select(&list, reference).cloned()
+    }
+
+    /// Copies a host file or folder into a running sandbox's workspace folder `dest`
+    /// (`sandbox` as [`Engine::find`] takes it), owned by its user. Returns the bytes
+    /// sent.
+    pub async fn copy_in(&self, sandbox: &str, source: &Path, dest: &str) -> Result<u64> {
+        let dest = files::workspace_path(dest)?;
+        let id = self.find(sandbox).await?.id;
+        let (uid, gid) = files::parse_user(&self.backend.user(&id).await?);
+        let archive = pack(source, uid, gid).await?;
+        self.backend.put_archive(&id, &dest, archive).await
     }
 
     /// Copies a sandbox's workspace file or folder out into the host folder `dest`.
-    /// Takes at most `limit` bytes (see [`files::download`]).
+    /// Takes at most `limit` bytes of archive (see [`files::spool`]).
     pub async fn copy_out(
         &self,
-        container: &str,
+        sandbox: &str,
         source: &str,
         dest: &Path,
         limit: u64,
     ) -> Result<Vec<PathBuf>> {
-        let docker = self.docker_or_err()?;
-        let (id, _) = self.find(container).await?;
-        files::download(docker, &id, source, dest, limit).await
-    }
-
-    /// The one oi container `reference` names, and the user its code runs as.
-    async fn find(&self, reference: &str) -> Result<(String, String)> {
-        let matches: Vec<SandboxInfo> = self
-            .list()
-            .await?
-            .into_iter()
-            .filter(|c| {
-                c.id.starts_with(reference) || c.name == reference || c.session == reference
-            })
-            .collect();
-        let [one] = matches.as_slice() else {
-            return Err(SandboxError::Files {
-                message: if matches.is_empty() {
-                    format!("no oi container matches `{reference}` (see `oi sandbox ls`)")
-                } else {
-                    format!("`{reference}` matches several containers; give more of the id")
-                },
-            });
-        };
-        let user = docker::user_of(self.docker_or_err()?, &one.id).await?;
-        Ok((one.id.clone(), user))
+        let source = files::workspace_path(source)?;
+        let id = self.find(sandbox).await?.id;
+        let archive = self.backend.get_archive(&id, &source, limit).await?;
+        unpack(archive, dest).await
     }
 }
 
-enum Runtime {
-    Container(String),
-    Host(Child),
+/// [`files::pack`] off the async threads; the archive is named after the source.
+async fn pack(source: &Path, uid: u64, gid: u64) -> Result<std::fs::File> {
+    let name = source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| ".".into());
+    let source = source.to_path_buf();
+    blocking(move || files::pack(&source, &name, uid, gid)).await
+}
+
+/// [`files::unpack`] off the async threads.
+async fn unpack(archive: std::fs::File, dest: &Path) -> Result<Vec<PathBuf>> {
+    let dest = dest.to_path_buf();
+    blocking(move || files::unpack(archive, &dest)).await
+}
+
+/// Runs file work that blocks (packing, unpacking, rewriting archives) on a thread
+/// made for it.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| SandboxError::Files {
+            message: format!("copying failed: {e}"),
+        })?
 }
 
 /// One sandbox session. Close it with [`Session::close`]; a session that is only
@@ -408,9 +427,10 @@ pub struct Session {
     id: String,
     engine: Engine,
     image: Option<String>,
-    runtime: Option<Runtime>,
+    /// The backend's id of the sandbox it runs in now.
+    sandbox: Option<String>,
     conn: Option<RunnerConnection>,
-    /// How many times its runtime was replaced (names each new container).
+    /// How many times its sandbox was replaced (names each new one).
     restarts: u32,
 }
 
@@ -418,7 +438,7 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("id", &self.id)
-            .field("container", &self.container_id())
+            .field("sandbox", &self.sandbox)
             .finish_non_exhaustive()
     }
 }
@@ -428,54 +448,79 @@ impl Session {
         &self.id
     }
 
-    /// The container's id, for the Docker backend.
-    pub fn container_id(&self) -> Option<&str> {
-        match &self.runtime {
-            Some(Runtime::Container(id)) => Some(id),
-            _ => None,
-        }
+    /// The backend's id of the sandbox the session runs in now (a container's id).
+    pub fn sandbox_id(&self) -> Option<&str> {
+        self.sandbox.as_deref()
     }
 
-    /// The image the session runs, for the Docker backend.
+    /// The id of the container (or pod) the session runs in; `None` without a sandbox.
+    pub fn container_id(&self) -> Option<&str> {
+        self.sandbox_id().filter(|_| self.is_sandboxed())
+    }
+
+    /// The image the session runs, for a backend with images.
     pub fn image(&self) -> Option<&str> {
         self.image.as_deref()
+    }
+
+    /// Copies a tar archive into the workspace folder `dest` (relative paths are inside
+    /// /workspace), its entries owned by the sandbox's user. Returns the bytes sent.
+    ///
+    /// The archive may come from anywhere (a remote front end): it is rewritten first
+    /// ([`files::claim`]), so what it says of its owners, modes and entry kinds never
+    /// reaches the sandbox.
+    pub async fn put_archive(&self, dest: &str, archive: std::fs::File) -> Result<u64> {
+        let (uid, gid) = files::parse_user(&self.engine.config.hardening.user);
+        let archive = blocking(move || files::claim(archive, uid, gid)).await?;
+        self.put_owned(dest, archive).await
+    }
+
+    /// The workspace file or folder `source` as a tar archive in a temporary file,
+    /// positioned at its start; at most `limit` bytes (sparse files count in full).
+    pub async fn get_archive(&self, source: &str, limit: u64) -> Result<std::fs::File> {
+        let source = files::workspace_path(source)?;
+        let sandbox = self.sandbox.as_deref().ok_or(SandboxError::Closed)?;
+        self.engine
+            .backend
+            .get_archive(sandbox, &source, limit)
+            .await
     }
 
     /// Copies a host file or folder into the workspace folder `dest` (relative paths
     /// are inside `/workspace`). Returns the bytes sent.
     pub async fn upload(&self, source: &Path, dest: &str) -> Result<u64> {
-        match (&self.runtime, &self.engine.docker) {
-            (Some(Runtime::Container(id)), Some(docker)) => {
-                files::upload(docker, id, source, dest, &self.engine.config.hardening.user).await
-            }
-            _ => Err(SandboxError::Files {
-                message: "--unsafe runs on this machine: its files are already here".into(),
-            }),
-        }
+        let (uid, gid) = files::parse_user(&self.engine.config.hardening.user);
+        // Packed here, owned as it should be: nothing to rewrite.
+        let archive = pack(source, uid, gid).await?;
+        self.put_owned(dest, archive).await
     }
 
     /// Copies a workspace file or folder out into the host folder `dest`; refuses
     /// anything that would land outside it. Returns the paths written.
     pub async fn download(&self, source: &str, dest: &Path) -> Result<Vec<PathBuf>> {
-        match (&self.runtime, &self.engine.docker) {
-            (Some(Runtime::Container(id)), Some(docker)) => {
-                // A private workspace holds at most this much; a mounted one's files are
-                // on this machine already.
-                let limit = self.engine.config.hardening.workspace_bytes.max(0) as u64;
-                files::download(docker, id, source, dest, limit + COPY_SLACK).await
-            }
-            _ => Err(SandboxError::Files {
-                message: "--unsafe runs on this machine: its files are already here".into(),
-            }),
-        }
+        // A private workspace holds at most this much; a mounted one's files are on
+        // this machine already.
+        let limit = self.engine.config.hardening.workspace_bytes.max(0) as u64 + COPY_SLACK;
+        let archive = self.get_archive(source, limit).await?;
+        unpack(archive, dest).await
     }
 
-    /// Whether code runs in a sandbox (false for `--unsafe`).
+    /// Sends an archive whose entries are owned as they should be.
+    async fn put_owned(&self, dest: &str, archive: std::fs::File) -> Result<u64> {
+        let dest = files::workspace_path(dest)?;
+        let sandbox = self.sandbox.as_deref().ok_or(SandboxError::Closed)?;
+        self.engine
+            .backend
+            .put_archive(sandbox, &dest, archive)
+            .await
+    }
+
+    /// Whether code runs in a sandbox (false for the host backend).
     pub fn is_sandboxed(&self) -> bool {
-        self.engine.config.backend == Backend::Docker
+        self.engine.backend.is_sandboxed()
     }
 
-    /// The isolation in force (meaningful for the Docker backend).
+    /// The isolation in force (meaningful for a sandboxed backend).
     pub fn hardening(&self) -> &Hardening {
         &self.engine.config.hardening
     }
@@ -538,44 +583,41 @@ impl Session {
         }
     }
 
-    /// Replaces a dead runtime with a new one; returns what to tell the user.
+    /// Replaces a dead sandbox with a new one; returns what to tell the user.
     async fn restart(&mut self) -> Result<String> {
-        let why = match (self.runtime.take(), &self.engine.docker) {
-            (Some(Runtime::Container(old)), Some(docker)) => {
-                let why = docker::exit_reason(docker, &old).await;
-                docker::remove(docker, &old).await?;
-                why.unwrap_or_else(|| "the sandbox container stopped".into())
+        let why = match self.sandbox.take() {
+            Some(old) => {
+                let why = self.engine.backend.exit_reason(&old).await;
+                self.stop(&old).await?;
+                why
             }
-            (Some(Runtime::Host(mut child)), _) => {
-                // Its stdin closed first: a runner still able to act stops what its
-                // blocks left running on this machine before it goes.
-                if let Some(conn) = self.conn.take() {
-                    conn.shutdown().await;
-                }
-                if tokio::time::timeout(Duration::from_secs(1), child.wait())
-                    .await
-                    .is_err()
-                {
-                    let _ = child.kill().await;
-                }
-                "the runner process stopped".into()
-            }
-            _ => "the sandbox stopped".into(),
+            None => None,
         };
-        self.conn = None;
-        // A name of its own: the old container may still be on its way out (Docker
-        // removes it by itself, see `docker.rs`), holding the session's first name.
+        let why = why.unwrap_or_else(|| "the sandbox stopped".into());
+        // A name of its own: the old sandbox may still be on its way out (Docker
+        // removes a container by itself, see `docker.rs`), holding the first name.
         self.restarts += 1;
         let name = format!("oi-{}-{}", self.id, self.restarts);
-        let (runtime, conn) = self
+        let (sandbox, conn) = self
             .engine
-            .start_runtime(&self.id, &name, self.image.as_deref())
+            .start_sandbox(&self.id, &name, self.image.as_deref())
             .await?;
-        self.runtime = Some(runtime);
+        self.sandbox = Some(sandbox);
         self.conn = Some(conn);
         Ok(format!(
             "{why}; started a new sandbox: all state (variables, imports, files outside a mounted workspace) was lost"
         ))
+    }
+
+    /// Stops the runner of sandbox `id` and removes the sandbox. The runner is asked
+    /// to stop and its stdin closed first, so that one still able to act stops what
+    /// its blocks left running before it goes.
+    async fn stop(&mut self, id: &str) -> Result<()> {
+        let conn = self.conn.take();
+        if let Some(conn) = &conn {
+            conn.shutdown().await;
+        }
+        self.engine.backend.remove(id).await
     }
 
     /// Round trip to the runner without running code.
@@ -583,49 +625,19 @@ impl Session {
         self.conn.as_ref().ok_or(SandboxError::Closed)?.ping().await
     }
 
-    /// Stops the runner and removes the container.
+    /// Stops the runner and removes its sandbox.
     pub async fn close(mut self) -> Result<()> {
-        self.shutdown().await
-    }
-
-    async fn shutdown(&mut self) -> Result<()> {
-        let conn = self.conn.take();
-        match self.runtime.take() {
-            Some(Runtime::Container(id)) => {
-                drop(conn);
-                if let Some(docker) = &self.engine.docker {
-                    docker::remove(docker, &id).await?;
-                }
-            }
-            Some(Runtime::Host(mut child)) => {
-                if let Some(conn) = &conn {
-                    conn.shutdown().await;
-                }
-                if tokio::time::timeout(Duration::from_secs(2), child.wait())
-                    .await
-                    .is_err()
-                {
-                    let _ = child.kill().await;
-                }
-            }
-            None => {}
+        match self.sandbox.take() {
+            Some(id) => self.stop(&id).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        let Some(Runtime::Container(id)) = self.runtime.take() else {
-            return;
-        };
-        let Some(docker) = self.engine.docker.clone() else {
-            return;
-        };
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = docker::remove(&docker, &id).await;
-            });
+        if let Some(id) = self.sandbox.take() {
+            self.engine.backend.remove_in_background(&id);
         }
     }
 }

@@ -1,20 +1,34 @@
 //! The configuration of a sandbox session as a plain value: which backend, which image,
-//! and the hardening of safe mode. Everything defaults to the safe setting; front ends
+//! and the hardening of safe mode (a backend's own settings, such as the host's, are
+//! its own type). Everything defaults to the safe setting; front ends
 //! loosen single settings explicitly and can show the effective ones ([`Hardening::describe`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::host::HostConfig;
 use super::language::Languages;
 
-/// Where blocks run.
+/// Where blocks run: the backend [`Engine::connect`](super::Engine::connect) starts.
+/// Chosen explicitly; nothing falls back from one to the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
     /// A per-session Docker container (safe mode, the default).
     #[default]
     Docker,
-    /// The runner as a local child process: **no sandbox at all** (`--unsafe`).
+    /// The runner as a local child process: **no sandbox at all**.
     Host,
+}
+
+impl Backend {
+    /// Whether code is isolated from the machine oi runs on. A backend given to
+    /// [`Engine::with_backend`](super::Engine::with_backend) must agree.
+    pub fn is_sandboxed(self) -> bool {
+        match self {
+            Backend::Docker => true,
+            Backend::Host => false,
+        }
+    }
 }
 
 /// What the sandbox sees at `/workspace`, where code starts.
@@ -222,32 +236,6 @@ pub fn bytes(n: i64) -> String {
     format!("{n} B")
 }
 
-/// Who owns a session's container, written into its labels so that a later oi can tell
-/// a live session from one a killed process left behind.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owner {
-    pub pid: u32,
-    /// The owner's process start time (clock ticks since boot), so a reused pid does
-    /// not look alive.
-    pub start_time: u64,
-    /// Where the pid means something: the machine and PID namespace it runs in
-    /// (see [`super::docker::host_identity`]).
-    pub host: String,
-}
-
-/// What one oi process can know of another's container owner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OwnerState {
-    /// It runs on this machine, in this PID namespace.
-    Alive,
-    /// It ran on this machine, in this PID namespace, and is gone.
-    Gone,
-    /// It runs (or ran) on another host or in another PID namespace: its liveness
-    /// cannot be known from here.
-    Elsewhere,
-}
-
 /// Everything a session needs, passed in by the front end.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
@@ -274,12 +262,8 @@ pub struct SandboxConfig {
     pub interrupt_grace: Duration,
     /// How long the runner may take to say hello.
     pub start_timeout: Duration,
-    /// Host backend only: the working directory of the runner.
-    pub host_workdir: Option<PathBuf>,
-    /// Host backend only: where the runner's files are unpacked.
-    pub host_scratch_dir: Option<PathBuf>,
-    /// Host backend only: the Python to run the runner with.
-    pub host_python: String,
+    /// The host backend's own settings (read by no other backend).
+    pub host: HostConfig,
 }
 
 impl Default for SandboxConfig {
@@ -297,9 +281,7 @@ impl Default for SandboxConfig {
             default_timeout: None,
             interrupt_grace: Duration::from_secs(2),
             start_timeout: Duration::from_secs(30),
-            host_workdir: None,
-            host_scratch_dir: None,
-            host_python: "python3".into(),
+            host: HostConfig::default(),
         }
     }
 }

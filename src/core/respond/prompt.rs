@@ -359,7 +359,7 @@ pub fn system_message(sandbox: &SandboxConfig, functions: bool, max_output: usiz
                 "- Code runs directly on the user's computer (unsafe mode): be careful, and \
                  never delete or overwrite anything without being asked.\n",
             );
-            if let Some(dir) = &sandbox.host_workdir {
+            if let Some(dir) = &sandbox.host.workdir {
                 s.push_str(&format!("- Working directory: {}.\n", dir.display()));
             }
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::CreateContainerOptionsBuilder;
 use bollard::Docker;
-use oi::core::code_interpreter::{docker, Backend, Engine, ExecStatus, Workspace};
+use oi::core::code_interpreter::{docker, Backend, Engine, ExecStatus, SandboxError, Workspace};
 
 use super::super::chat::{model_args, Home};
 use super::super::llm_server::{openai, ScriptedServer};
@@ -379,11 +379,17 @@ async fn d9_a_copy_workspace_larger_than_its_limit_is_a_clear_error() {
     })
     .await
     .unwrap();
-    let err = engine.open().await.unwrap_err().to_string();
+    let err = engine.open().await.unwrap_err();
+    // Core says what (the folder, the limit); the terminal says what to type.
     assert!(
-        err.contains("does not fit the sandbox's private workspace (16 MiB)")
-            && err.contains("--workspace-size"),
-        "{err}"
+        matches!(&err, SandboxError::WorkspaceTooLarge { dir: d, limit } if d == dir.path() && *limit == 16 << 20),
+        "{err:?}"
+    );
+    let shown = oi::terminal_interface::advice::describe(&err);
+    assert!(
+        shown.contains("does not fit the sandbox's private workspace (16 MiB)")
+            && shown.contains("--workspace-size"),
+        "{shown}"
     );
 }
 
