@@ -401,11 +401,26 @@ pub async fn remove(docker: &Docker, id: &str) -> Result<()> {
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
         }) => Ok(()),
-        // 409: removal already in progress (a concurrent close or sweep).
+        // 409: removal already in progress (AutoRemove after the runner exited, a
+        // concurrent close or sweep): wait for it, so that "removed" means gone.
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 409, ..
-        }) => Ok(()),
+        }) => {
+            until_gone(docker, id).await;
+            Ok(())
+        }
         Err(err) => Err(SandboxError::docker("container remove")(err)),
+    }
+}
+
+/// Waits (a few seconds at most) until Docker no longer knows the container.
+async fn until_gone(docker: &Docker, id: &str) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if docker.inspect_container(id, None).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
