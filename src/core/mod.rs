@@ -8,4 +8,5 @@ pub mod config;
 pub mod hostfs;
 pub mod llm;
 pub mod messages;
+pub mod protocol;
 pub mod respond;

@@ -7,6 +7,7 @@ mod cli;
 pub(crate) mod conversation;
 mod docker_only;
 pub mod llm_server;
+mod protocol;
 mod sandbox;
 mod workspace;
 

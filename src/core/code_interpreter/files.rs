@@ -99,7 +99,7 @@ async fn send(
     dest: &str,
     user: &str,
 ) -> Result<u64> {
-    let dest = workspace_path(dest)?;
+    workspace_path(dest)?;
     std::fs::symlink_metadata(source)
         .map_err(|e| refused(format!("cannot read {}: {e}", source.display())))?;
     let name = name.to_string();
@@ -108,6 +108,30 @@ async fn send(
     let tar = tokio::task::spawn_blocking(move || pack(&source, &name, uid, gid))
         .await
         .map_err(|e| refused(format!("packing failed: {e}")))??;
+    stream_in(docker, container, tar, dest).await
+}
+
+/// Copies a tar archive from outside (a front end, a remote client) into the sandbox
+/// folder `dest` (inside the workspace), rewritten first so that it holds only what the
+/// sandbox's user could make itself (`restamp`). Returns the bytes sent.
+pub async fn put(
+    docker: &Docker,
+    container: &str,
+    archive: File,
+    dest: &str,
+    user: &str,
+) -> Result<u64> {
+    workspace_path(dest)?;
+    let (uid, gid) = parse_user(user);
+    let tar = tokio::task::spawn_blocking(move || restamp(archive, uid, gid))
+        .await
+        .map_err(|e| refused(format!("reading the archive failed: {e}")))??;
+    stream_in(docker, container, tar, dest).await
+}
+
+/// Streams a tar file into the sandbox folder `dest`.
+async fn stream_in(docker: &Docker, container: &str, tar: File, dest: &str) -> Result<u64> {
+    let dest = workspace_path(dest)?;
     let size = tar.metadata().map(|m| m.len()).unwrap_or(0);
     let file = tokio::fs::File::from_std(tar);
     let body = tokio_util::io::ReaderStream::with_capacity(file, 64 << 10);
@@ -127,6 +151,65 @@ async fn send(
     Ok(size)
 }
 
+/// Rewrites an archive from outside into a temporary one that Docker may unpack: only
+/// files, folders and symbolic links, owned by uid:gid, with permission bits only (no
+/// setuid, setgid or sticky bit), at relative paths that never climb (`..`). Anything
+/// else is refused, naming the entry. Streams entry by entry: memory stays bounded.
+fn restamp(archive: File, uid: u64, gid: u64) -> Result<File> {
+    let mut out = tar::Builder::new(tempfile::tempfile().map_err(io_error("a temporary file"))?);
+    let mut input = tar::Archive::new(archive);
+    let bad = |e: std::io::Error| refused(format!("the archive cannot be read: {e}"));
+    for entry in input.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let path = entry.path().map_err(bad)?.into_owned();
+        let shown = path.display().to_string();
+        if path.is_absolute()
+            || path
+                .components()
+                .any(|c| matches!(c, Component::ParentDir | Component::Prefix(_)))
+        {
+            return Err(refused(format!(
+                "the archive's entry `{shown}` would land outside its folder"
+            )));
+        }
+        let source = entry.header();
+        let kind = source.entry_type();
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(source.mode().map_err(bad)? & 0o777);
+        header.set_mtime(source.mtime().unwrap_or(0));
+        header.set_uid(uid);
+        header.set_gid(gid);
+        header.set_size(0);
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(entry.size());
+                out.append_data(&mut header, &path, &mut entry)
+            }
+            tar::EntryType::Directory => out.append_data(&mut header, &path, std::io::empty()),
+            tar::EntryType::Symlink => {
+                let target = entry.link_name().map_err(bad)?.unwrap_or_default();
+                out.append_link(&mut header, &path, target)
+            }
+            other => {
+                return Err(refused(format!(
+                    "the archive's entry `{shown}` is a {other:?}: only files, folders and \
+                     symbolic links are copied in"
+                )))
+            }
+        }
+        .map_err(io_error("rewriting the archive"))?;
+    }
+    let mut file = out
+        .into_inner()
+        .map_err(io_error("rewriting the archive"))?;
+    file.flush().map_err(io_error("rewriting the archive"))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(io_error("rewriting the archive"))?;
+    Ok(file)
+}
+
 fn parse_user(user: &str) -> (u64, u64) {
     let mut parts = user.split(':').map(|p| p.parse::<u64>().unwrap_or(1000));
     let uid = parts.next().unwrap_or(1000);
@@ -139,13 +222,14 @@ enum Item {
     Folder(Rc<Dir>, PathBuf),
 }
 
-/// Packs `source` into a temporary tar file whose entries are owned by uid:gid.
+/// Packs `source` into a temporary tar file whose entries are owned by uid:gid, the
+/// source named `name` in it; the file is positioned at its start.
 ///
 /// The source is read through folders opened without following links
 /// ([`hostfs::Dir`]): the user names it, but it may lie in the workspace, where the
 /// sandbox can swap a folder for a link to what it should not see while oi reads. A
 /// link inside the source is packed as a link; a link on the way to it is refused.
-fn pack(source: &Path, name: &str, uid: u64, gid: u64) -> Result<File> {
+pub fn pack(source: &Path, name: &str, uid: u64, gid: u64) -> Result<File> {
     let mut builder =
         tar::Builder::new(tempfile::tempfile().map_err(io_error("a temporary file"))?);
     builder.follow_symlinks(false);
@@ -253,6 +337,16 @@ pub async fn download(
     dest: &Path,
     limit: u64,
 ) -> Result<Vec<PathBuf>> {
+    let tar = fetch(docker, container, source, limit).await?;
+    let dest = dest.to_path_buf();
+    tokio::task::spawn_blocking(move || unpack(tar, &dest))
+        .await
+        .map_err(|e| refused(format!("unpacking failed: {e}")))?
+}
+
+/// A sandbox file or folder (inside the workspace) as a tar archive in a temporary
+/// file, positioned at its start; at most `limit` bytes of archive (see [`download`]).
+pub async fn fetch(docker: &Docker, container: &str, source: &str, limit: u64) -> Result<File> {
     let source = workspace_path(source)?;
     let options = DownloadFromContainerOptions {
         path: source.clone(),
@@ -284,10 +378,7 @@ pub async fn download(
     }
     tar.seek(SeekFrom::Start(0))
         .map_err(io_error("buffering the copy"))?;
-    let dest = dest.to_path_buf();
-    tokio::task::spawn_blocking(move || unpack(tar, &dest))
-        .await
-        .map_err(|e| refused(format!("unpacking failed: {e}")))?
+    Ok(tar)
 }
 
 /// Unpacks a tar from a sandbox into `dest`; nothing lands outside it, whatever links,

@@ -461,13 +461,51 @@ impl Session {
             (Some(Runtime::Container(id)), Some(docker)) => {
                 // A private workspace holds at most this much; a mounted one's files are
                 // on this machine already.
-                let limit = self.engine.config.hardening.workspace_bytes.max(0) as u64;
-                files::download(docker, id, source, dest, limit + COPY_SLACK).await
+                files::download(docker, id, source, dest, self.copy_limit()).await
             }
             _ => Err(SandboxError::Files {
                 message: "--unsafe runs on this machine: its files are already here".into(),
             }),
         }
+    }
+
+    /// Copies a tar archive into the workspace folder `dest` (relative paths are inside
+    /// /workspace), its entries owned by the sandbox's user. Returns the bytes sent.
+    pub async fn put_archive(&self, dest: &str, archive: std::fs::File) -> Result<u64> {
+        match (&self.runtime, &self.engine.docker) {
+            (Some(Runtime::Container(id)), Some(docker)) => {
+                files::put(
+                    docker,
+                    id,
+                    archive,
+                    dest,
+                    &self.engine.config.hardening.user,
+                )
+                .await
+            }
+            _ => Err(SandboxError::Files {
+                message: "--unsafe runs on this machine: its files are already here".into(),
+            }),
+        }
+    }
+
+    /// The workspace file or folder `source` as a tar archive in a temporary file,
+    /// positioned at its start; at most `limit` bytes (sparse files count in full).
+    pub async fn get_archive(&self, source: &str, limit: u64) -> Result<std::fs::File> {
+        match (&self.runtime, &self.engine.docker) {
+            (Some(Runtime::Container(id)), Some(docker)) => {
+                files::fetch(docker, id, source, limit).await
+            }
+            _ => Err(SandboxError::Files {
+                message: "--unsafe runs on this machine: its files are already here".into(),
+            }),
+        }
+    }
+
+    /// The most bytes a copy out of this session may take: what its private workspace
+    /// can hold, and an archive's overhead.
+    pub fn copy_limit(&self) -> u64 {
+        self.engine.config.hardening.workspace_bytes.max(0) as u64 + COPY_SLACK
     }
 
     /// Whether code runs in a sandbox (false for `--unsafe`).
