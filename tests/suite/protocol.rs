@@ -403,6 +403,28 @@ fn tar_of(name: &str, content: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(builder.into_inner().unwrap())
 }
 
+/// A one-entry tar written header by header (the tar crate refuses to write `..`).
+fn raw_tar(name: &str, kind: tar::EntryType) -> String {
+    let mut header = tar::Header::new_old();
+    header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    header.set_entry_type(kind);
+    header.set_mode(0o644);
+    header.set_size(if kind == tar::EntryType::Regular {
+        2
+    } else {
+        0
+    });
+    header.set_cksum();
+    let mut bytes = header.as_bytes().to_vec();
+    if kind == tar::EntryType::Regular {
+        let mut block = [0u8; 512];
+        block[..2].copy_from_slice(b"x\n");
+        bytes.extend_from_slice(&block);
+    }
+    bytes.extend_from_slice(&[0u8; 1024]);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 #[tokio::test]
 async fn a_conversation_driven_only_by_json_as_a_remote_client_would() {
     let server = ScriptedServer::start(vec![
@@ -430,6 +452,30 @@ async fn a_conversation_driven_only_by_json_as_a_remote_client_would() {
         .await;
     assert_eq!(uploaded["type"], "uploaded", "{uploaded}");
     assert!(uploaded["content"]["bytes"].as_u64().unwrap() > 0);
+
+    // An archive that would climb out of its folder, or holds a device, is refused whole.
+    for (name, kind, why) in [
+        (
+            "../evil",
+            tar::EntryType::Regular,
+            "would land outside its folder",
+        ),
+        (
+            "fifo",
+            tar::EntryType::Fifo,
+            "only files, folders and symbolic links",
+        ),
+    ] {
+        let refused = client
+            .ask(json!({"id": "bad", "type": "upload", "dest": ".",
+                "archive": {"encoding": "base64", "data": raw_tar(name, kind)}}))
+            .await;
+        assert_eq!(refused["format"], "files", "{refused}");
+        assert!(
+            refused["content"].as_str().unwrap().contains(why),
+            "{refused}"
+        );
+    }
 
     // A turn: the confirmation is answered by its id, the answer acknowledged.
     client
