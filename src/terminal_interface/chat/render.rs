@@ -840,6 +840,43 @@ mod tests {
     }
 
     #[test]
+    fn errors_are_worded_with_the_terminals_flags() {
+        use crate::core::protocol::Facts;
+        let error = |kind, facts| Error::new(kind, "what happened").with_facts(facts);
+        let auth = error(
+            ErrorKind::Auth,
+            Facts {
+                key_setting: Some("ANTHROPIC_API_KEY".into()),
+                ..Facts::default()
+            },
+        );
+        assert_eq!(
+            error_text(&auth),
+            "what happened\nSet ANTHROPIC_API_KEY or --api-key to a valid key."
+        );
+        assert_eq!(
+            error_line(&auth),
+            "what happened; Set ANTHROPIC_API_KEY or --api-key to a valid key."
+        );
+        let connect = error(ErrorKind::Connect, Facts::default());
+        assert!(error_text(&connect).ends_with("is --api-base right?"));
+        let offers = error(
+            ErrorKind::UnknownModel,
+            Facts {
+                available: vec!["a".into()],
+                ..Facts::default()
+            },
+        );
+        assert!(error_text(&offers).ends_with("\nChoose one with --model."));
+        let none = error(ErrorKind::UnknownModel, Facts::default());
+        assert!(error_text(&none).ends_with("\nChoose another with --model."));
+        let cap = error(ErrorKind::IterationCap, Facts::default());
+        assert!(error_text(&cap).contains("--max-iterations"));
+        let other = error(ErrorKind::Stalled, Facts::default());
+        assert_eq!(error_text(&other), "what happened");
+    }
+
+    #[test]
     fn the_confirmation_shows_the_code_again_when_it_differs() {
         let confirm = |code: &str| {
             EventMsg::Confirmation(Confirmation {
