@@ -388,15 +388,23 @@ impl Error {
         })
     }
 
-    /// A sandbox failure: which image, when the image is missing.
+    /// A sandbox failure, with the facts it has: which image is missing, which
+    /// languages there are. An unknown language is the request's fault.
     pub fn sandbox(context: &str, error: &super::code_interpreter::SandboxError) -> Self {
         use super::code_interpreter::SandboxError;
-        let image = match error {
-            SandboxError::ImageMissing { tag } => Some(tag.clone()),
-            _ => None,
-        };
+        let mut facts = Facts::default();
         let kind = match error {
             SandboxError::Files { .. } => ErrorKind::Files,
+            SandboxError::UnknownLanguage { available, .. } => {
+                facts.setting = Some(Setting::Languages);
+                facts.available = available.clone();
+                ErrorKind::InvalidRequest
+            }
+            SandboxError::ImageMissing { tag } => {
+                facts.setting = Some(Setting::Image);
+                facts.image = Some(tag.clone());
+                ErrorKind::Sandbox
+            }
             _ => ErrorKind::Sandbox,
         };
         let message = if context.is_empty() {
@@ -404,10 +412,7 @@ impl Error {
         } else {
             format!("{context}: {error}")
         };
-        Error::new(kind, message).with_facts(Facts {
-            image,
-            ..Facts::default()
-        })
+        Error::new(kind, message).with_facts(facts)
     }
 }
 
@@ -631,9 +636,11 @@ pub struct SandboxSubmission {
     pub request: SandboxRequest,
 }
 
-/// What a front end asks of a bare sandbox session: the server's sandbox API and MCP's
-/// tools. `execute` streams output events and ends with `done`; every other request
-/// is answered by one event (`uploaded`, `downloaded`, `closed`, `error`).
+/// What a front end asks of a bare sandbox session (`respond::SandboxChannel`): the
+/// server's sandbox API and MCP's tools. `execute` streams output events and ends with
+/// `done` (or is answered by an `error` when the block cannot start); `interrupt` acts
+/// at once and has no answer of its own (the block's `done` says `interrupted`); every
+/// other request is answered by one event (`uploaded`, `downloaded`, `closed`, `error`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SandboxRequest {
@@ -722,7 +729,6 @@ impl From<ExecEvent> for SandboxEventMsg {
 /// Everything the protocol defines, for the schema: one document with a definition of
 /// each type a client sends or receives.
 #[derive(JsonSchema)]
-#[allow(dead_code)]
 pub struct Protocol {
     pub submission: Submission,
     pub event: Event,

@@ -16,7 +16,7 @@ use oi::core::protocol::{
     EventMsg, Facts, Request, SandboxEvent, SandboxEventMsg, SandboxRequest, SandboxSubmission,
     SessionInfo, Setting, Submission, TurnEnd,
 };
-use oi::core::respond::Conversation;
+use oi::core::respond::{Conversation, SandboxChannel};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -607,4 +607,118 @@ async fn ids_are_checked_and_a_running_turn_makes_calls_wait_their_turn() {
     // The turn is over: calls work again.
     assert_eq!(conv.info().await.unwrap().messages, 2);
     conv.shutdown().await;
+}
+
+/// A bare sandbox session driven by JSON only: what the server's sandbox API and MCP's
+/// tools do.
+#[tokio::test]
+async fn a_sandbox_session_driven_only_by_json() {
+    let Some(engine) = engine_with(Backend::Docker, |_| {}).await else {
+        return;
+    };
+    let mut sandbox = SandboxChannel::start(engine.open().await.unwrap());
+    let send = |request: Value| -> SandboxSubmission {
+        serde_json::from_str(&request.to_string()).unwrap()
+    };
+    // Events of one request, as JSON, up to and including its last.
+    async fn read(sandbox: &mut SandboxChannel, id: &str, last: &[&str]) -> Vec<Value> {
+        let mut events = Vec::new();
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(60), sandbox.next_event())
+                .await
+                .expect("an event within 60 s")
+                .expect("the session is open");
+            let json = serde_json::to_value(&event).unwrap();
+            assert_eq!(
+                serde_json::from_value::<SandboxEvent>(json.clone()).unwrap(),
+                event
+            );
+            assert_eq!(json["id"], id, "{json}");
+            let done = last.contains(&json["type"].as_str().unwrap());
+            events.push(json);
+            if done {
+                return events;
+            }
+        }
+    }
+    for (id, code) in [("1", "x = 41"), ("2", "print(x + 1)")] {
+        let submission = send(json!({"id": id, "type": "execute", "language": "python",
+            "code": code}));
+        sandbox.submit(submission).await.unwrap();
+    }
+    let first = read(&mut sandbox, "1", &["done", "error"]).await;
+    assert_eq!(first, [json!({"id": "1", "type": "done", "status": "ok"})]);
+    let second = read(&mut sandbox, "2", &["done", "error"]).await;
+    assert_eq!(
+        second[0],
+        json!({"id": "2", "type": "stdout", "text": "42\n"})
+    );
+
+    // A language the sandbox does not have: the request's fault, with what there is.
+    let bad = send(json!({"id": "3", "type": "execute", "language": "cobol", "code": "x"}));
+    sandbox.submit(bad).await.unwrap();
+    let refused = read(&mut sandbox, "3", &["done", "error"]).await;
+    assert_eq!(refused[0]["format"], "invalid_request", "{refused:?}");
+    assert_eq!(refused[0]["facts"]["available"], json!(["python", "shell"]));
+
+    // An interrupt acts at once; the block's done says so, and the state is kept.
+    let sleep = send(json!({"id": "4", "type": "execute", "language": "python",
+        "code": "import time\ntime.sleep(60)", "timeout_ms": 30000}));
+    sandbox.submit(sleep).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sandbox
+        .submit(send(json!({"id": "5", "type": "interrupt"})))
+        .await
+        .unwrap();
+    let interrupted = read(&mut sandbox, "4", &["done", "error"]).await;
+    assert_eq!(interrupted.last().unwrap()["status"], "interrupted");
+
+    // Files in and out as base64 archives.
+    let data = tar_of("in.txt", b"abc");
+    sandbox
+        .submit(send(json!({"id": "6", "type": "upload", "dest": ".",
+            "archive": {"encoding": "base64", "data": data}})))
+        .await
+        .unwrap();
+    let uploaded = read(&mut sandbox, "6", &["uploaded", "error"]).await;
+    assert_eq!(uploaded[0]["type"], "uploaded", "{uploaded:?}");
+    sandbox
+        .submit(send(
+            json!({"id": "7", "type": "download", "source": "in.txt"}),
+        ))
+        .await
+        .unwrap();
+    let downloaded = read(&mut sandbox, "7", &["downloaded", "error"]).await;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(downloaded[0]["archive"]["data"].as_str().unwrap())
+        .unwrap();
+    let mut archive = tar::Archive::new(bytes.as_slice());
+    let mut content = String::new();
+    archive
+        .entries()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .read_to_string(&mut content)
+        .unwrap();
+    assert_eq!(content, "abc");
+    sandbox
+        .submit(send(
+            json!({"id": "8", "type": "execute", "language": "python",
+            "code": "print(x)"}),
+        ))
+        .await
+        .unwrap();
+    let kept = read(&mut sandbox, "8", &["done", "error"]).await;
+    assert_eq!(kept[0]["text"], "41\n", "{kept:?}");
+
+    sandbox
+        .submit(send(json!({"id": "9", "type": "close"})))
+        .await
+        .unwrap();
+    let closed = read(&mut sandbox, "9", &["closed", "error"]).await;
+    assert_eq!(closed, [json!({"id": "9", "type": "closed"})]);
+    assert!(sandbox.next_event().await.is_none());
+    sandbox.close().await;
 }

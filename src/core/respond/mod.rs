@@ -16,7 +16,10 @@
 //! model sees of a block (`code_interpreter::BlockOutput`).
 
 pub mod prompt;
+mod sandbox;
 mod turn;
+
+pub use sandbox::SandboxChannel;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
