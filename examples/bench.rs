@@ -22,7 +22,8 @@ use oi::core::code_interpreter::{Engine, ExecRequest, ExecStatus, SandboxConfig,
 use oi::core::config::Config;
 use oi::core::llm::{ChatMessage, ChatRequest, ChatRole, Endpoint};
 use oi::core::messages::MessageType;
-use oi::core::respond::{Conversation, Event, Request, TurnEnd};
+use oi::core::protocol::{EventMsg, Request, TurnEnd};
+use oi::core::respond::Conversation;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -191,11 +192,11 @@ async fn loop_iterations(engine: &Engine) -> anyhow::Result<(Vec<Duration>, Vec<
     let mut conversation = Conversation::start(config, engine.clone())?;
     let mut iterations = Vec::new();
     for turn in 0..TURNS {
-        conversation.send(Request::Message("go".into()));
+        conversation.send(Request::message("go")).await;
         let mut last: Option<Instant> = None;
         loop {
-            match conversation.next_event().await {
-                Some(Event::Message(m)) if m.kind == MessageType::Code => {
+            match conversation.next_event().await.map(|e| e.msg) {
+                Some(EventMsg::Message(m)) if m.kind == MessageType::Code => {
                     let now = Instant::now();
                     // The first turn warms up (the session may still be opening).
                     if let (Some(before), true) = (last, turn > 0) {
@@ -203,11 +204,11 @@ async fn loop_iterations(engine: &Engine) -> anyhow::Result<(Vec<Duration>, Vec<
                     }
                     last = Some(now);
                 }
-                Some(Event::TurnEnded(end)) => {
+                Some(EventMsg::TurnEnded(end)) => {
                     anyhow::ensure!(end == TurnEnd::Finished, "bench turn ended: {end:?}");
                     break;
                 }
-                Some(Event::Error { message, .. }) => anyhow::bail!("bench turn failed: {message}"),
+                Some(EventMsg::Error(error)) => anyhow::bail!("bench turn failed: {error}"),
                 Some(_) => {}
                 None => anyhow::bail!("the conversation ended"),
             }

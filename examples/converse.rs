@@ -11,7 +11,8 @@ use clap::Parser;
 use oi::core::code_interpreter::Engine;
 use oi::core::config::{Config, ToolMode};
 use oi::core::llm::Endpoint;
-use oi::core::respond::{Conversation, Event, Request};
+use oi::core::protocol::{EventMsg, Request};
+use oi::core::respond::Conversation;
 
 #[derive(Parser)]
 struct Args {
@@ -48,10 +49,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let engine = Engine::connect(config.sandbox.clone()).await?;
     let mut conversation = Conversation::start(config, engine)?;
-    conversation.send(Request::Message(args.message));
+    conversation.send(Request::message(args.message)).await;
     while let Some(event) = conversation.next_event().await {
-        println!("{}", event.to_json());
-        if let Event::TurnEnded(_) = event {
+        println!("{}", serde_json::to_string(&event)?);
+        if let EventMsg::TurnEnded(_) = event.msg {
             break;
         }
     }

@@ -1,6 +1,9 @@
 //! Messages in Open Interpreter's LMC shape: what a conversation is made of, what is
 //! saved, and what front ends receive as streamed chunks.
 //!
+//! Confirmations, which Open Interpreter sends as computer chunks too, are events of
+//! their own (`protocol::Confirmation`): they carry an id and are never stored.
+//!
 //! A [`Message`] is complete (`{role, type, format?, content}`); a [`Chunk`] is a piece
 //! of one while it streams, bracketed by a chunk with `start: true` and one with
 //! `end: true`. Concatenating the contents of a message's chunks gives its content.
@@ -9,10 +12,11 @@
 //! This module knows nothing of providers' wire formats; `respond::prompt` translates a
 //! conversation into what a model is sent.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Who a message is from. `computer` is the sandbox: console output and images.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     User,
@@ -21,7 +25,7 @@ pub enum Role {
 }
 
 /// What a message carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MessageType {
     /// Prose (`format` absent).
@@ -32,8 +36,6 @@ pub enum MessageType {
     Console,
     /// An image; `format` is `base64.png`, `base64.jpeg`, … or `path`.
     Image,
-    /// A block awaiting the user's approval (chunks only, never stored).
-    Confirmation,
 }
 
 /// `format` of console output.
@@ -42,7 +44,7 @@ pub const FORMAT_OUTPUT: &str = "output";
 pub const FORMAT_ACTIVE_LINE: &str = "active_line";
 
 /// One complete message of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Message {
     pub role: Role,
@@ -129,7 +131,7 @@ impl Message {
 }
 
 /// A streamed piece of a message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Chunk {
     pub role: Role,
     #[serde(rename = "type")]

@@ -9,4 +9,5 @@ pub mod error_chain;
 pub mod hostfs;
 pub mod llm;
 pub mod messages;
+pub mod protocol;
 pub mod respond;

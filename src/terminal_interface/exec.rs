@@ -1,5 +1,6 @@
 //! `oi exec`: runs blocks in one fresh session and streams their output, as plain text
-//! (stdout to stdout, stderr to stderr) or as JSON lines. Ctrl-C interrupts the block;
+//! (stdout to stdout, stderr to stderr) or as JSON lines (the sandbox protocol's events,
+//! each with its block's index). Ctrl-C interrupts the block;
 //! a second Ctrl-C leaves at once. The session's container is removed at the end.
 //!
 //! Output to a terminal is neutralised ([`sanitize`]); to a pipe or a file it is kept
@@ -19,6 +20,7 @@ use super::signals::Quit;
 use super::Failure;
 use crate::core::code_interpreter::{Backend, ExecEvent, ExecRequest, ExecStatus, Session};
 use crate::core::hostfs;
+use crate::core::protocol::SandboxEventMsg;
 
 pub async fn run(args: ExecArgs) -> Result<u8, Failure> {
     let quit = Quit::listen()?;
@@ -132,15 +134,21 @@ async fn run_blocks(
         let mut execution = session.execute(request, cancel).await?;
         while let Some(event) = execution.next_event().await {
             if args.json {
-                let line = serde_json::json!({ "block": index, "event": event_json(&event) });
+                let done = match &event {
+                    ExecEvent::Done(outcome) => Some(outcome.exit_status()),
+                    _ => None,
+                };
+                let line = JsonLine {
+                    block: index,
+                    event: SandboxEventMsg::from(event),
+                };
+                let line = serde_json::to_value(&line).context("writing an event as JSON")?;
                 writeln!(out, "{}", sanitize::json_line(&line))?;
                 out.flush()?;
-                if let ExecEvent::Done(outcome) = &event {
-                    if outcome.status != ExecStatus::Ok {
-                        return Ok(exit_code(outcome.exit_status()));
-                    }
+                match done {
+                    Some(status) if status != 0 => return Ok(exit_code(status)),
+                    _ => continue,
                 }
-                continue;
             }
             match event {
                 ExecEvent::Stdout { text } => {
@@ -212,21 +220,12 @@ fn exit_code(status: i32) -> u8 {
     u8::try_from(status).unwrap_or(1)
 }
 
-fn event_json(event: &ExecEvent) -> serde_json::Value {
-    use base64::Engine;
-    match event {
-        ExecEvent::Image { format, data } => serde_json::json!({
-            "type": "image",
-            "format": format,
-            "base64": base64::engine::general_purpose::STANDARD.encode(data),
-        }),
-        ExecEvent::Done(outcome) => {
-            let mut value = serde_json::to_value(outcome).unwrap_or_default();
-            value["type"] = "done".into();
-            value
-        }
-        other => serde_json::to_value(other).unwrap_or_default(),
-    }
+/// One `--json` line: the block's index (from 0) and one of its events, as the sandbox
+/// protocol writes it (`docs/messages.md`).
+#[derive(serde::Serialize)]
+struct JsonLine {
+    block: usize,
+    event: SandboxEventMsg,
 }
 
 /// Saves an image as `oi-<stamp>-<block>-<n>.<ext>` in `dir` (made if missing), or

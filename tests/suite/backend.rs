@@ -17,7 +17,8 @@ use oi::core::code_interpreter::{
 };
 use oi::core::config::Config;
 use oi::core::llm::Endpoint;
-use oi::core::respond::{Conversation, TurnEnd};
+use oi::core::protocol::TurnEnd;
+use oi::core::respond::Conversation;
 use tokio::process::{Child, Command};
 
 use super::llm_server::{openai, ScriptedServer};

@@ -119,12 +119,12 @@ async fn ci_mode_prints_json_lines_and_exits_0() {
     // Line by line: the user's message, then for each block its chunks and result.
     assert_eq!(
         lines[0],
-        serde_json::json!({"role": "server", "type": "message_complete",
+        serde_json::json!({"id": "1", "role": "server", "type": "message_complete",
             "content": {"role": "user", "type": "message", "content": "What is 6*7?"}})
     );
     assert_eq!(
         lines[1],
-        serde_json::json!({"role": "assistant", "type": "code", "format": "python", "start": true})
+        serde_json::json!({"id": "1", "role": "assistant", "type": "code", "format": "python", "start": true})
     );
     let console: String = lines
         .iter()
@@ -134,7 +134,7 @@ async fn ci_mode_prints_json_lines_and_exits_0() {
     assert_eq!(console, "42\n");
     assert_eq!(
         lines.last().unwrap(),
-        &serde_json::json!({"role": "server", "type": "turn_end", "format": "finished"})
+        &serde_json::json!({"id": "1", "role": "server", "type": "turn_end", "format": "finished"})
     );
     assert!(
         lines.iter().all(|l| l["role"].is_string()),
@@ -170,6 +170,12 @@ async fn exit_codes_say_how_the_run_ended() {
     assert_eq!(r.code, 3, "{}", r.stderr);
     let error = r.json().into_iter().find(|l| l["type"] == "error").unwrap();
     assert_eq!(error["format"], "auth");
+    // The CI log says why, in the terminal's words.
+    assert!(
+        r.stderr.contains("rejected the API key (HTTP 401): bad key; Set OPENAI_API_KEY or --api-key to a valid key."),
+        "{}",
+        r.stderr
+    );
     // The iteration cap: 4.
     let server = ScriptedServer::start(vec![
         openai::execute("python", "1"),
@@ -183,6 +189,14 @@ async fn exit_codes_say_how_the_run_ended() {
         .arg("loop"))
     .await;
     assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("oi: error: Stopped after 2 model replies")
+            && r.stderr.contains("max_iterations")
+            && r.stderr.contains("--max-iterations"),
+        "{}",
+        r.stderr
+    );
     // No -y and no terminal: the block is declined, said on stderr: 5.
     let server = ScriptedServer::start(vec![openai::execute("python", "print(1)")]).await;
     let r = run(home
@@ -203,6 +217,56 @@ async fn exit_codes_say_how_the_run_ended() {
         "{}",
         r.stdout
     );
+}
+
+/// Issue 10, item 8: the README's GitHub Actions example sends stdout to a file, so the
+/// job log showed only exit 3. The error that ends a `--json` run is also one line on
+/// stderr naming its cause.
+#[tokio::test]
+async fn ci_logs_say_why_a_json_run_failed() {
+    if image().is_none() {
+        return;
+    }
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let home = Home::new();
+    let r = run(home
+        .oi(&home.project())
+        .args([
+            "-y",
+            "--json",
+            "--api-base",
+            &url,
+            "--model",
+            "m",
+            "--api-key",
+            "k",
+        ])
+        .arg("hi"))
+    .await;
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let errors: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("oi: error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", r.stderr);
+    assert!(
+        errors[0].contains(&format!(
+            "could not reach the model server at {url}/chat/completions"
+        )) && errors[0].ends_with("Is the server running, and is --api-base right?"),
+        "{}",
+        errors[0]
+    );
+    // The JSON line carries the facts a program needs, not the terminal's flags.
+    let error = r.json().into_iter().find(|l| l["type"] == "error").unwrap();
+    assert_eq!(error["format"], "connect");
+    assert_eq!(error["facts"]["url"], format!("{url}/chat/completions"));
+    assert_eq!(error["facts"]["setting"], "api_base");
+    assert!(!error["content"].as_str().unwrap().contains("--api-base"));
 }
 
 #[tokio::test]

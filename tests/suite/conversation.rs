@@ -7,7 +7,9 @@ use oi::core::code_interpreter::Backend;
 use oi::core::config::{Config, ToolMode};
 use oi::core::llm::Endpoint;
 use oi::core::messages::{parse_conversation, Message, MessageType, Role};
-use oi::core::respond::{Answer, Conversation, Event, Request, TurnEnd};
+use oi::core::protocol::{Answer, EventMsg, Request, TurnEnd};
+use oi::core::respond::Conversation;
+use oi::terminal_interface::chat::render::error_text;
 use serde_json::{json, Value};
 
 use super::engine_with;
@@ -50,7 +52,7 @@ async fn openai_chat(
 /// One turn's events (without its `TurnEnded`) and how it ended.
 #[derive(Debug)]
 pub(crate) struct Turn {
-    pub(crate) events: Vec<Event>,
+    pub(crate) events: Vec<EventMsg>,
     pub(crate) end: TurnEnd,
 }
 
@@ -59,7 +61,9 @@ impl Turn {
         self.events
             .iter()
             .filter_map(|e| match e {
-                Event::Chunk(c) if c.kind == kind && c.format.as_deref() != Some("active_line") => {
+                EventMsg::Chunk(c)
+                    if c.kind == kind && c.format.as_deref() != Some("active_line") =>
+                {
                     c.content.clone()
                 }
                 _ => None,
@@ -71,7 +75,9 @@ impl Turn {
         self.events
             .iter()
             .filter_map(|e| match e {
-                Event::Chunk(c) if c.format.as_deref() == Some("active_line") => c.content.clone(),
+                EventMsg::Chunk(c) if c.format.as_deref() == Some("active_line") => {
+                    c.content.clone()
+                }
                 _ => None,
             })
             .collect()
@@ -85,11 +91,14 @@ impl Turn {
         self.chunk_text(MessageType::Message)
     }
 
+    /// Each error's kind and its text as the terminal words it.
     pub(crate) fn errors(&self) -> Vec<(String, String)> {
         self.events
             .iter()
             .filter_map(|e| match e {
-                Event::Error { kind, message } => Some((kind.clone(), message.clone())),
+                EventMsg::Error(error) => {
+                    Some((error.kind.as_str().to_string(), error_text(error)))
+                }
                 _ => None,
             })
             .collect()
@@ -99,7 +108,7 @@ impl Turn {
         self.events
             .iter()
             .filter_map(|e| match e {
-                Event::Notice(n) => Some(n.clone()),
+                EventMsg::Notice(n) => Some(n.clone()),
                 _ => None,
             })
             .collect()
@@ -108,7 +117,7 @@ impl Turn {
     pub(crate) fn confirmations(&self) -> usize {
         self.events
             .iter()
-            .filter(|e| matches!(e, Event::Confirmation { .. }))
+            .filter(|e| matches!(e, EventMsg::Confirmation(_)))
             .count()
     }
 }
@@ -119,7 +128,7 @@ async fn turn_with(
     text: &str,
     answer: impl FnMut(&str) -> Answer,
 ) -> Turn {
-    request_with(conv, Request::Message(text.into()), answer).await
+    request_with(conv, Request::message(text), answer).await
 }
 
 /// Sends a request that starts a turn (a message, code to run) and reads the turn to
@@ -129,17 +138,27 @@ pub(crate) async fn request_with(
     request: Request,
     mut answer: impl FnMut(&str) -> Answer,
 ) -> Turn {
-    conv.send(request);
+    let id = conv.send(request).await;
     let mut events = Vec::new();
     let read = async {
         while let Some(event) = conv.next_event().await {
-            if let Event::Confirmation { code, .. } = &event {
-                conv.send(Request::Confirm(answer(code)));
+            if event.id != id {
+                // The answer to a confirmation sent below: it named the right one.
+                assert_eq!(event.msg, EventMsg::Done, "{event:?}");
+                continue;
             }
-            if let Event::TurnEnded(end) = event {
-                return end;
+            match event.msg {
+                EventMsg::Confirmation(c) => {
+                    let request = Request::Confirm {
+                        confirmation: c.id.clone(),
+                        answer: answer(&c.code),
+                    };
+                    conv.send(request).await;
+                    events.push(EventMsg::Confirmation(c));
+                }
+                EventMsg::TurnEnded(end) => return end,
+                msg => events.push(msg),
             }
-            events.push(event);
         }
         panic!("the conversation ended mid-turn: {events:#?}");
     };
@@ -226,7 +245,7 @@ async fn openai_model_runs_two_blocks_in_docker_and_gets_42_back() {
     );
 
     // The conversation, in LMC, and it survives a round trip through its JSON.
-    let messages = conv.messages().await;
+    let messages = conv.messages().await.unwrap();
     assert_eq!(
         messages,
         vec![
@@ -491,7 +510,7 @@ async fn images_go_back_to_a_vision_model() {
         .events
         .iter()
         .find_map(|e| match e {
-            Event::Message(m) if m.kind == MessageType::Image => Some(m.clone()),
+            EventMsg::Message(m) if m.kind == MessageType::Image => Some(m.clone()),
             _ => None,
         })
         .expect("an image message");
@@ -547,14 +566,18 @@ async fn the_oldest_exchanges_are_trimmed_to_fit_the_window() {
         return;
     };
     let filler = |tag: &str| format!("{tag} {}", "x".repeat(400));
-    conv.send(Request::Load(vec![
-        Message::user(filler("u1")),
-        Message::assistant(filler("a1")),
-        Message::user(filler("u2")),
-        Message::assistant(filler("a2")),
-        Message::user(filler("u3")),
-        Message::assistant(filler("a3")),
-    ]));
+    conv.call(Request::Load {
+        messages: vec![
+            Message::user(filler("u1")),
+            Message::assistant(filler("a1")),
+            Message::user(filler("u2")),
+            Message::assistant(filler("a2")),
+            Message::user(filler("u3")),
+            Message::assistant(filler("a3")),
+        ],
+    })
+    .await
+    .unwrap();
     let t = turn(&mut conv, "latest").await;
     assert_eq!(t.end, TurnEnd::Finished);
     assert!(
@@ -583,7 +606,7 @@ async fn the_oldest_exchanges_are_trimmed_to_fit_the_window() {
     );
     assert_eq!(body["max_tokens"], 100);
     // Nothing is lost from the conversation itself.
-    assert_eq!(conv.messages().await.len(), 8);
+    assert_eq!(conv.messages().await.unwrap().len(), 8);
     conv.shutdown().await;
 }
 
@@ -597,17 +620,17 @@ async fn an_interrupt_stops_the_model_stream_within_a_second() {
     let Some(mut conv) = openai_chat(Backend::Host, &server, |_| {}).await else {
         return;
     };
-    conv.send(Request::Message("think".into()));
+    conv.send(Request::message("think")).await;
     loop {
-        match conv.next_event().await.unwrap() {
-            Event::Chunk(c) if c.content.as_deref() == Some("Thinking") => break,
+        match conv.next_event().await.unwrap().msg {
+            EventMsg::Chunk(c) if c.content.as_deref() == Some("Thinking") => break,
             _ => {}
         }
     }
     let asked = Instant::now();
     conv.interrupt();
     let end = loop {
-        if let Event::TurnEnded(end) = conv.next_event().await.unwrap() {
+        if let EventMsg::TurnEnded(end) = conv.next_event().await.unwrap().msg {
             break end;
         }
     };
@@ -639,11 +662,11 @@ async fn an_interrupt_stops_running_code_and_keeps_the_state() {
     let Some(mut conv) = openai_chat(Backend::Docker, &server, |c| c.auto_run = true).await else {
         return;
     };
-    conv.send(Request::Message("sleep".into()));
+    conv.send(Request::message("sleep")).await;
     let mut code_blocks = 0;
     loop {
-        match conv.next_event().await.unwrap() {
-            Event::Message(m) if m.kind == MessageType::Code => {
+        match conv.next_event().await.unwrap().msg {
+            EventMsg::Message(m) if m.kind == MessageType::Code => {
                 code_blocks += 1;
                 if code_blocks == 2 {
                     break;
@@ -657,9 +680,9 @@ async fn an_interrupt_stops_running_code_and_keeps_the_state() {
     conv.interrupt();
     let mut console = String::new();
     let end = loop {
-        match conv.next_event().await.unwrap() {
-            Event::TurnEnded(end) => break end,
-            Event::Chunk(c) if c.kind == MessageType::Console => {
+        match conv.next_event().await.unwrap().msg {
+            EventMsg::TurnEnded(end) => break end,
+            EventMsg::Chunk(c) if c.kind == MessageType::Console => {
                 console.push_str(c.content.as_deref().unwrap_or(""))
             }
             _ => {}
@@ -945,14 +968,18 @@ async fn undo_load_and_reset() {
         return;
     };
     turn(&mut conv, "set x").await;
-    let saved = conv.messages().await;
+    let saved = conv.messages().await.unwrap();
     assert_eq!(saved.len(), 4);
-    conv.send(Request::Undo);
-    assert!(conv.messages().await.is_empty());
-    conv.send(Request::Load(saved.clone()));
-    assert_eq!(conv.messages().await, saved);
-    conv.send(Request::Reset);
-    assert!(conv.messages().await.is_empty());
+    conv.call(Request::Undo).await.unwrap();
+    assert!(conv.messages().await.unwrap().is_empty());
+    conv.call(Request::Load {
+        messages: saved.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(conv.messages().await.unwrap(), saved);
+    conv.call(Request::Reset).await.unwrap();
+    assert!(conv.messages().await.unwrap().is_empty());
     let t = turn(&mut conv, "show x").await;
     assert!(
         t.console().contains("NameError"),
@@ -960,7 +987,7 @@ async fn undo_load_and_reset() {
         t.console()
     );
     assert_eq!(
-        conv.messages().await[0],
+        conv.messages().await.unwrap()[0],
         Message::new(Role::User, MessageType::Message, None, "show x")
     );
     conv.shutdown().await;
@@ -1015,7 +1042,7 @@ async fn python_blocks_report_the_active_line() {
         "none for a __future__ cell"
     );
     // Not part of the conversation: the console message holds the output only.
-    assert_eq!(conv.messages().await[2], Message::console("3\n"));
+    assert_eq!(conv.messages().await.unwrap()[2], Message::console("3\n"));
     conv.shutdown().await;
 }
 
@@ -1064,7 +1091,7 @@ async fn two_calls_in_one_reply_run_in_order_each_followed_by_its_output() {
         .events
         .iter()
         .filter_map(|e| match e {
-            Event::Chunk(c)
+            EventMsg::Chunk(c)
                 if c.content.is_some() && c.format.as_deref() != Some("active_line") =>
             {
                 Some(c.content.clone().unwrap())

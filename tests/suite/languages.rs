@@ -9,7 +9,8 @@ use std::time::Duration;
 use oi::core::code_interpreter::{Backend, Language, Languages};
 use oi::core::config::{Config, ToolMode};
 use oi::core::llm::Endpoint;
-use oi::core::respond::{Conversation, TurnEnd};
+use oi::core::protocol::TurnEnd;
+use oi::core::respond::Conversation;
 use serde_json::{json, Value};
 
 use super::chat::{model_args, run, Home};

@@ -9,6 +9,7 @@ pub(crate) mod conversation;
 mod docker_only;
 mod languages;
 pub mod llm_server;
+mod protocol;
 mod sandbox;
 mod workspace;
 

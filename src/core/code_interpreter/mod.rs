@@ -6,7 +6,8 @@
 //! stdin/stdout ([`protocol`]), wherever the backend puts it: a Docker container
 //! ([`docker`]), a child process on the host ([`host`]), or a backend given from
 //! outside. [`Session::execute`] sends a block and returns an [`Execution`]: a stream
-//! of [`ExecEvent`]s that ends with exactly one `Done`. Files cross as tar archives
+//! of [`ExecEvent`]s that ends with exactly one `Done`; [`BlockOutput`] turns those
+//! events into what the model sees of the block. Files cross as tar archives
 //! ([`files`]). The Docker backend's image is built from the recipe compiled into the
 //! binary ([`image`]).
 //!
@@ -24,6 +25,7 @@ pub mod image;
 mod language;
 mod owner;
 pub mod protocol;
+mod result;
 mod session;
 mod settings;
 
@@ -36,5 +38,6 @@ pub use host::{HostBackend, HostConfig};
 pub use image::BuildProgress;
 pub use language::{Language, LanguageKind, Languages};
 pub use owner::{host_identity, Owner, OwnerState};
+pub use result::{outcome_note, BlockOutput, BlockResult, Image, OutputBuffer, Shown};
 pub use session::{Engine, Session};
 pub use settings::{bytes, Backend, Hardening, SandboxConfig, Setting, Workspace};

@@ -498,11 +498,15 @@ impl Session {
     /// Copies a workspace file or folder out into the host folder `dest`; refuses
     /// anything that would land outside it. Returns the paths written.
     pub async fn download(&self, source: &str, dest: &Path) -> Result<Vec<PathBuf>> {
-        // A private workspace holds at most this much; a mounted one's files are on
-        // this machine already.
-        let limit = self.engine.config.hardening.workspace_bytes.max(0) as u64 + COPY_SLACK;
-        let archive = self.get_archive(source, limit).await?;
+        let archive = self.get_archive(source, self.copy_limit()).await?;
         unpack(archive, dest).await
+    }
+
+    /// The most bytes a copy out of this session may take: what its private workspace
+    /// can hold (a mounted one's files are on this machine already), and an archive's
+    /// overhead.
+    pub fn copy_limit(&self) -> u64 {
+        self.engine.config.hardening.workspace_bytes.max(0) as u64 + COPY_SLACK
     }
 
     /// Sends an archive whose entries are owned as they should be.

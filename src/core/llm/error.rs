@@ -1,6 +1,8 @@
-//! What can go wrong talking to a model, phrased so that a user knows what to change.
-//! The loop retries the errors [`LlmError::is_retryable`] says are passing, reports
-//! the others, and keeps the conversation either way.
+//! What can go wrong talking to a model: what happened, with the facts a front end needs
+//! to say what to change (the URL, the model, where the key comes from). The messages
+//! name no command-line flag: the front end words its own advice from the facts
+//! (`protocol::Facts`). The loop retries the errors [`LlmError::is_retryable`] says are
+//! passing, reports the others, and keeps the conversation either way.
 
 use std::time::Duration;
 
@@ -9,10 +11,9 @@ pub type Result<T, E = LlmError> = std::result::Result<T, E>;
 /// A failure of the model's server or of the stream, not of the user's code.
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {
-    /// 401/403: the key is missing or rejected. Not retried.
-    #[error(
-        "{url} rejected the API key (HTTP {status}): {detail}\nSet {key_setting} to a valid key."
-    )]
+    /// 401/403: the key is missing or rejected. Not retried. `key_setting` says where
+    /// the key comes from (`Endpoint::key_setting`).
+    #[error("{url} rejected the API key (HTTP {status}): {detail}")]
     Auth {
         url: String,
         status: u16,
@@ -29,7 +30,7 @@ pub enum LlmError {
     },
 
     /// Nothing answered at the URL (refused, DNS, TLS, connect timeout). Retried.
-    #[error("could not reach the model server at {url}: {detail}\nIs the server running, and is --api-base right?")]
+    #[error("could not reach the model server at {url}: {detail}")]
     Connect { url: String, detail: String },
 
     /// 429: retried with backoff, honouring `Retry-After`.
@@ -102,15 +103,13 @@ pub(crate) fn size(bytes: u64) -> String {
 
 fn unknown_model_message(model: &str, url: &str, available: &[String]) -> String {
     let mut msg = format!("the model server at {url} does not know the model `{model}`");
-    if available.is_empty() {
-        msg.push_str("\nChoose another with --model.");
-    } else {
+    if !available.is_empty() {
         const SHOWN: usize = 30;
         let mut list = available[..available.len().min(SHOWN)].join(", ");
         if available.len() > SHOWN {
             list.push_str(&format!(", … ({} more)", available.len() - SHOWN));
         }
-        msg.push_str(&format!("\nIt offers: {list}\nChoose one with --model."));
+        msg.push_str(&format!("\nIt offers: {list}"));
     }
     msg
 }
@@ -132,25 +131,6 @@ impl LlmError {
             | LlmError::ReplyTooLarge { .. }
             | LlmError::TooSlow { .. }
             | LlmError::Client(_) => false,
-        }
-    }
-
-    /// A short, stable name for machine output (`--json`).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            LlmError::Auth { .. } => "auth",
-            LlmError::UnknownModel { .. } => "unknown_model",
-            LlmError::Connect { .. } => "connect",
-            LlmError::RateLimited { .. } => "rate_limited",
-            LlmError::Server { .. } => "server",
-            LlmError::Rejected { .. } => "rejected",
-            LlmError::ToolsUnsupported { .. } => "tools_unsupported",
-            LlmError::Stalled { .. } => "stalled",
-            LlmError::TooSlow { .. } => "too_slow",
-            LlmError::Truncated { .. } => "truncated",
-            LlmError::Malformed { .. } => "malformed",
-            LlmError::ReplyTooLarge { .. } => "reply_too_large",
-            LlmError::Client(_) => "client",
         }
     }
 }
@@ -175,7 +155,6 @@ mod tests {
             "the model's reply exceeded 4 MiB; it was stopped"
         );
         assert!(!e.is_retryable());
-        assert_eq!(e.kind(), "reply_too_large");
     }
 
     #[test]
@@ -187,7 +166,7 @@ mod tests {
         };
         assert_eq!(
             err.to_string(),
-            "the model server at http://x/v1 does not know the model `gpt-9`\nIt offers: a, b\nChoose one with --model."
+            "the model server at http://x/v1 does not know the model `gpt-9`\nIt offers: a, b"
         );
     }
 }

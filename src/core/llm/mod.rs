@@ -129,7 +129,9 @@ pub enum FinishReason {
 }
 
 /// Token usage a provider reported.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -173,8 +175,8 @@ pub struct Endpoint {
     /// e.g. `https://api.openai.com/v1`, `http://127.0.0.1:11434/v1`.
     pub api_base: String,
     pub api_key: Option<String>,
-    /// The setting a user changes to fix a rejected key, named in errors
-    /// (`OPENAI_API_KEY or --api-key`).
+    /// Where the key comes from, carried by a rejected key's error for the front end
+    /// to word its advice (the environment variable: `OPENAI_API_KEY`).
     pub key_setting: String,
     /// The longest a stream may stay silent before it counts as stalled.
     pub idle_timeout: Duration,
@@ -206,7 +208,7 @@ impl Endpoint {
             kind: ProviderKind::OpenAi,
             api_base: api_base.into(),
             api_key,
-            key_setting: "OPENAI_API_KEY or --api-key".into(),
+            key_setting: "OPENAI_API_KEY".into(),
             idle_timeout: Duration::from_secs(120),
             // Long enough for a slow local model's longest reply, short enough that a
             // server trickling keep-alives cannot hold a CI job for ever.
@@ -220,7 +222,7 @@ impl Endpoint {
     pub fn anthropic(api_base: impl Into<String>, api_key: Option<String>) -> Self {
         Endpoint {
             kind: ProviderKind::Anthropic,
-            key_setting: "ANTHROPIC_API_KEY or --api-key".into(),
+            key_setting: "ANTHROPIC_API_KEY".into(),
             ..Endpoint::openai(api_base, api_key)
         }
     }

@@ -417,81 +417,6 @@ fn example_block(sandbox: &SandboxConfig) -> String {
     format!("```{tag}\n{code}\n```")
 }
 
-/// Console output as the model will get it: at most `max` characters, the middle cut
-/// with a note saying how much. Keeps only what it will return, so a flood of output
-/// costs bounded memory.
-#[derive(Debug)]
-pub struct OutputBuffer {
-    max: usize,
-    head: String,
-    /// Characters in `head`, kept rather than recounted: with a large `max`, counting
-    /// the head for every piece would make a flood of small pieces quadratic.
-    head_chars: usize,
-    tail: String,
-    total: usize,
-}
-
-impl OutputBuffer {
-    pub fn new(max: usize) -> Self {
-        OutputBuffer {
-            max,
-            head: String::new(),
-            head_chars: 0,
-            tail: String::new(),
-            total: 0,
-        }
-    }
-
-    pub fn push(&mut self, text: &str) {
-        self.total += text.chars().count();
-        let head_room = self.max / 2 - self.head_chars.min(self.max / 2);
-        let (to_head, rest) = split_chars(text, head_room);
-        self.head_chars += to_head.chars().count();
-        self.head.push_str(to_head);
-        self.tail.push_str(rest);
-        let keep = self.max - self.max / 2;
-        // Shrink in batches so a long stream of small pieces stays linear.
-        if self.tail.len() > 2 * keep.max(1024) * 4 {
-            let count = self.tail.chars().count();
-            if count > keep {
-                let (_, kept) = split_chars(&self.tail, count - keep);
-                self.tail = kept.to_string();
-            }
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.total == 0
-    }
-
-    pub fn finish(self) -> String {
-        if self.total <= self.max {
-            return self.head + &self.tail;
-        }
-        let keep = self.max - self.max / 2;
-        let count = self.tail.chars().count();
-        let (_, tail) = split_chars(&self.tail, count.saturating_sub(keep));
-        let cut = self.total - self.head.chars().count() - tail.chars().count();
-        format!(
-            "{}\n[… {cut} characters cut: the output had {} characters; showing the first {} \
-             and the last {}]\n{}",
-            self.head,
-            self.total,
-            self.head.chars().count(),
-            tail.chars().count(),
-            tail
-        )
-    }
-}
-
-/// Splits after `n` characters.
-fn split_chars(text: &str, n: usize) -> (&str, &str) {
-    match text.char_indices().nth(n) {
-        Some((i, _)) => text.split_at(i),
-        None => (text, ""),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,37 +527,5 @@ mod tests {
         assert!(text.contains("  - shell: bash"), "{text}");
         assert!(text.contains("  - node: each block"), "{text}");
         assert!(text.contains("```shell\necho $((6 * 7))\n```"), "{text}");
-    }
-
-    #[test]
-    fn long_output_keeps_its_head_and_tail() {
-        let mut b = OutputBuffer::new(100);
-        for i in 0..10_000 {
-            b.push(&format!("{i}\n"));
-        }
-        let out = b.finish();
-        assert!(out.starts_with("0\n1\n2\n"), "{out}");
-        assert!(out.ends_with("9998\n9999\n"), "{out}");
-        assert!(out.contains("characters cut: the output had 48890 characters; showing the first 50 and the last 50"), "{out}");
-        let mut b = OutputBuffer::new(100);
-        b.push("short");
-        assert_eq!(b.finish(), "short");
-    }
-
-    #[test]
-    fn regression_a_large_max_output_keeps_a_flood_of_small_pieces_linear() {
-        // 400,000 pieces into a head of 500,000 characters: recounting the head for
-        // each piece (as before) is ~10^11 steps; counting once is instant.
-        let started = std::time::Instant::now();
-        let mut b = OutputBuffer::new(1_000_000);
-        for _ in 0..400_000 {
-            b.push("ab");
-        }
-        assert_eq!(b.finish().len(), 800_000);
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "{:?}",
-            started.elapsed()
-        );
     }
 }

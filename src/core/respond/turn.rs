@@ -8,22 +8,27 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::prompt::{self, OutputBuffer, DECLINED};
-use super::{Answer, Event, SessionSlot, TurnEnd, Worker};
-use crate::core::code_interpreter::{ExecEvent, ExecOutcome, ExecRequest, ExecStatus, Session};
+use super::prompt::{self, DECLINED};
+use super::{SessionSlot, Worker};
+use crate::core::code_interpreter::{
+    BlockOutput, BlockResult, ExecRequest, ExecStatus, Execution, Session, Shown,
+};
 use crate::core::llm::repair::{self, ArgumentScanner, CodeRequest, FenceParser, TextPiece};
 use crate::core::llm::{self, EventStream, FinishReason, LlmError, StreamEvent, MAX_TOOL_CALLS};
 use crate::core::messages::{Chunk, Message, MessageType, Role, FORMAT_ACTIVE_LINE, FORMAT_OUTPUT};
+use crate::core::protocol::{
+    Answer, Confirmation, Error, ErrorKind, EventMsg, Facts, Setting, TurnEnd,
+};
 
 /// Why a step stopped the turn early.
 enum Stop {
     Interrupted,
     Model(LlmError),
-    Sandbox(String),
+    /// The sandbox could not run code, or a block the user sent could not run.
+    Sandbox(Error),
 }
 
 /// A block the model asked for, before it is checked.
@@ -48,7 +53,7 @@ impl Worker {
     pub(super) async fn turn(&mut self, text: String, cancel: CancellationToken) -> TurnEnd {
         let user = Message::user(text);
         self.history.push(user.clone());
-        self.emit(Event::Message(user)).await;
+        self.emit(EventMsg::Message(user)).await;
 
         for _ in 0..self.config.max_iterations {
             let reply = match self.model_reply(&cancel).await {
@@ -71,10 +76,14 @@ impl Worker {
              cap, max_iterations). Send a message such as \"continue\" to let it go on.",
             self.config.max_iterations
         );
-        self.emit(Event::Error {
-            kind: "iteration_cap".into(),
-            message,
-        })
+        let facts = Facts {
+            setting: Some(Setting::MaxIterations),
+            limit: Some(self.config.max_iterations as u64),
+            ..Facts::default()
+        };
+        self.emit(EventMsg::Error(
+            Error::new(ErrorKind::IterationCap, message).with_facts(facts),
+        ))
         .await;
         TurnEnd::IterationCap
     }
@@ -83,19 +92,11 @@ impl Worker {
         match stop {
             Stop::Interrupted => TurnEnd::Interrupted,
             Stop::Model(error) => {
-                self.emit(Event::Error {
-                    kind: error.kind().into(),
-                    message: error.to_string(),
-                })
-                .await;
+                self.emit(EventMsg::Error(Error::from(&error))).await;
                 TurnEnd::ModelError
             }
-            Stop::Sandbox(message) => {
-                self.emit(Event::Error {
-                    kind: "sandbox".into(),
-                    message,
-                })
-                .await;
+            Stop::Sandbox(error) => {
+                self.emit(EventMsg::Error(error)).await;
                 TurnEnd::SandboxError
             }
         }
@@ -110,7 +111,7 @@ impl Worker {
             if prepared.dropped != self.last_dropped {
                 self.last_dropped = prepared.dropped;
                 if prepared.dropped > 0 {
-                    self.emit(Event::Notice(format!(
+                    self.emit(EventMsg::Notice(format!(
                         "The conversation no longer fits the model's context window ({} tokens): \
                          the oldest {} messages are not sent.",
                         self.traits.context_window, prepared.dropped
@@ -137,7 +138,7 @@ impl Worker {
             };
             if matches!(error, LlmError::ToolsUnsupported { .. }) && self.functions {
                 self.functions = false;
-                self.emit(Event::Notice(format!(
+                self.emit(EventMsg::Notice(format!(
                     "{error}. Switched to text mode: the model writes code in fenced blocks."
                 )))
                 .await;
@@ -148,7 +149,7 @@ impl Worker {
             }
             retries += 1;
             let wait = self.backoff(retries, &error);
-            self.emit(Event::Notice(format!(
+            self.emit(EventMsg::Notice(format!(
                 "{}; retrying in {:.1} s (retry {retries} of {})",
                 first_line(&error.to_string()),
                 wait.as_secs_f64(),
@@ -248,14 +249,14 @@ impl Worker {
         }
         if let Some(prose) = r.prose_message() {
             self.history.push(prose.clone());
-            self.emit(Event::Message(prose)).await;
+            self.emit(EventMsg::Message(prose)).await;
         }
         if cut_short {
             let budget = self.config.max_tokens.map_or_else(
                 || "the server's limit".to_string(),
                 |t| format!("{t} tokens"),
             );
-            self.emit(Event::Notice(format!(
+            self.emit(EventMsg::Notice(format!(
                 "The model's reply was cut at its length limit ({budget}, max_tokens)."
             )))
             .await;
@@ -287,13 +288,13 @@ impl Worker {
             .clone()
             .unwrap_or_else(|| language.clone());
         if block.streamed_as.is_none() {
-            self.emit(Event::Chunk(Chunk::start(
+            self.emit(EventMsg::Chunk(Chunk::start(
                 Role::Assistant,
                 MessageType::Code,
                 Some(format.clone()),
             )))
             .await;
-            self.emit(Event::Chunk(Chunk::content(
+            self.emit(EventMsg::Chunk(Chunk::content(
                 Role::Assistant,
                 MessageType::Code,
                 Some(format.clone()),
@@ -302,7 +303,7 @@ impl Worker {
             .await;
         }
         if !block.closed {
-            self.emit(Event::Chunk(Chunk::end(
+            self.emit(EventMsg::Chunk(Chunk::end(
                 Role::Assistant,
                 MessageType::Code,
                 Some(format),
@@ -329,7 +330,34 @@ impl Worker {
         }
         self.record(Message::code(language.clone(), code.clone()))
             .await;
-        self.execute(language, code, cancel, true).await
+        let result = match self.execute(language, code, cancel).await {
+            Ok(result) => result,
+            Err(stop) => {
+                // The model is told why, so that the conversation stays consistent.
+                let why = match &stop {
+                    Stop::Sandbox(error) => first_line(&error.message).to_string(),
+                    _ => "interrupted".into(),
+                };
+                self.console(format!("(not run: {why})")).await;
+                return Err(stop);
+            }
+        };
+        let interrupted = result.outcome.status == ExecStatus::Interrupted;
+        self.record_result(result).await;
+        if interrupted && cancel.is_cancelled() {
+            return Err(Stop::Interrupted);
+        }
+        Ok(true)
+    }
+
+    /// Adds what the model sees of a block to the conversation: its images, then its
+    /// console output.
+    async fn record_result(&mut self, result: BlockResult) {
+        for image in result.images {
+            self.record(Message::image(&image.format, image.base64))
+                .await;
+        }
+        self.record(Message::console(result.console)).await;
     }
 
     /// The language to run and, if the block cannot run, what to tell the model.
@@ -375,29 +403,42 @@ impl Worker {
         code: &str,
         cancel: &CancellationToken,
     ) -> Result<Answer, Stop> {
-        // Answers sent when nothing was pending are stale.
-        while self.answers.try_recv().is_ok() {}
-        self.emit(Event::Confirmation {
+        self.confirmations += 1;
+        let id = format!("c{}", self.confirmations);
+        // An answer in the slot now was for an earlier confirmation.
+        self.answers.borrow_and_update();
+        self.emit(EventMsg::Confirmation(Confirmation {
+            id: id.clone(),
             language: language.into(),
             code: code.into(),
-        })
+        }))
         .await;
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => Err(Stop::Interrupted),
-            answer = self.answers.recv() => answer.ok_or(Stop::Interrupted),
+        loop {
+            let changed = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(Stop::Interrupted),
+                changed = self.answers.changed() => changed,
+            };
+            if changed.is_err() {
+                return Err(Stop::Interrupted);
+            }
+            if let Some((answered, answer)) = self.answers.borrow_and_update().clone() {
+                if answered == id {
+                    return Ok(answer);
+                }
+            }
         }
     }
 
     async fn record(&mut self, message: Message) {
         self.history.push(message.clone());
-        self.emit(Event::Message(message)).await;
+        self.emit(EventMsg::Message(message)).await;
     }
 
     /// Records computer output the loop wrote itself (not from running code).
     async fn console(&mut self, text: String) {
         for chunk in Message::console(text.clone()).chunks() {
-            self.emit(Event::Chunk(chunk)).await;
+            self.emit(EventMsg::Chunk(chunk)).await;
         }
         self.record(Message::console(text)).await;
     }
@@ -415,132 +456,110 @@ impl Worker {
             code: code.clone(),
         });
         if let Some(problem) = problem {
-            return self.stopped(Stop::Sandbox(problem)).await;
+            let facts = Facts {
+                setting: Some(Setting::Languages),
+                available: self.languages.clone(),
+                ..Facts::default()
+            };
+            let error = Error::new(ErrorKind::InvalidRequest, problem).with_facts(facts);
+            return self.stopped(Stop::Sandbox(error)).await;
         }
-        match self.execute(language, code, &cancel, false).await {
+        match self.execute(language, code, &cancel).await {
+            Ok(result)
+                if result.outcome.status == ExecStatus::Interrupted && cancel.is_cancelled() =>
+            {
+                TurnEnd::Interrupted
+            }
             Ok(_) => TurnEnd::Finished,
             Err(stop) => self.stopped(stop).await,
         }
     }
 
-    /// Runs a block, streaming its output, and (with `record`) adds the output to the
-    /// conversation. `Ok(true)` lets the turn go on.
+    /// Runs a block in the sandbox, streaming what it shows; returns what the model
+    /// sees of it. Records nothing.
     async fn execute(
         &mut self,
         language: String,
         code: String,
         cancel: &CancellationToken,
-        record: bool,
-    ) -> Result<bool, Stop> {
-        let session = match self.ready_session(cancel).await {
-            Ok(session) => session,
-            Err(stop) => {
-                let why = match &stop {
-                    Stop::Sandbox(message) => format!("(not run: {})", first_line(message)),
-                    _ => "(not run: interrupted)".into(),
-                };
-                self.console(why).await;
-                return Err(stop);
-            }
-        };
-        let mut execution = match session
+    ) -> Result<BlockResult, Stop> {
+        let execution = self.start_block(language, code, cancel).await?;
+        Ok(self.stream_block(execution).await)
+    }
+
+    async fn start_block(
+        &mut self,
+        language: String,
+        code: String,
+        cancel: &CancellationToken,
+    ) -> Result<Execution, Stop> {
+        let session = self.ready_session(cancel).await?;
+        session
             .execute(ExecRequest::new(&language, code), cancel)
             .await
-        {
-            Ok(execution) => execution,
-            Err(e) => {
-                let message = format!("The sandbox could not run the block: {e}");
-                self.console(format!("(not run: {e})")).await;
-                return Err(Stop::Sandbox(message));
-            }
-        };
-        let mut buffer = OutputBuffer::new(self.config.max_output);
-        let mut started = false;
-        let mut outcome = None;
+            .map_err(|e| Stop::Sandbox(Error::sandbox("The sandbox could not run the block", &e)))
+    }
+
+    /// Streams a block's output, images and active lines as chunks; returns its result.
+    async fn stream_block(&mut self, mut execution: Execution) -> BlockResult {
+        let mut output = BlockOutput::new(self.config.max_output);
+        let mut console = ConsoleStream::default();
         while let Some(event) = execution.next_event().await {
-            let text = match event {
-                ExecEvent::Stdout { text } | ExecEvent::Stderr { text } => text,
-                ExecEvent::Notice { message } => format!("[oi: {message}]\n"),
-                ExecEvent::Image { format, data } => {
-                    let image = Message::image(
-                        &format,
-                        base64::engine::general_purpose::STANDARD.encode(&data),
-                    );
-                    for chunk in image.chunks() {
-                        self.emit(Event::Chunk(chunk)).await;
+            match output.push(event) {
+                Some(Shown::Output(text)) => self.console_piece(&mut console, text).await,
+                Some(Shown::Image(image)) => {
+                    for chunk in Message::image(&image.format, image.base64).chunks() {
+                        self.emit(EventMsg::Chunk(chunk)).await;
                     }
-                    if record {
-                        self.record(image).await;
-                    }
-                    continue;
                 }
-                ExecEvent::ActiveLine { line } => {
+                Some(Shown::ActiveLine(line)) => {
                     let chunk = Chunk::content(
                         Role::Computer,
                         MessageType::Console,
                         Some(FORMAT_ACTIVE_LINE.into()),
                         line.to_string(),
                     );
-                    self.emit(Event::Chunk(chunk)).await;
-                    continue;
+                    self.emit(EventMsg::Chunk(chunk)).await;
                 }
-                ExecEvent::Done(done) => {
-                    outcome = Some(done);
-                    continue;
-                }
-            };
-            self.console_piece(&mut started, &mut buffer, text).await;
+                None => {}
+            }
         }
-        let outcome = outcome.unwrap_or(ExecOutcome {
-            status: ExecStatus::Crashed,
-            exit_code: None,
-            message: Some("the sandbox stopped answering".into()),
-        });
-        if let Some(note) = outcome_note(&outcome) {
-            let note = if buffer.is_empty() {
-                note
-            } else {
-                format!("\n{note}")
-            };
-            self.console_piece(&mut started, &mut buffer, note).await;
+        let result = output.finish();
+        if let Some(note) = &result.note {
+            self.console_piece(&mut console, note.clone()).await;
         }
-        if started {
-            self.emit(Event::Chunk(console_chunk(None, false, true)))
+        if console.started {
+            self.emit(EventMsg::Chunk(console_chunk(None, false, true)))
                 .await;
         }
-        if record {
-            self.record(Message::console(buffer.finish())).await;
-        }
-        if outcome.status == ExecStatus::Interrupted && cancel.is_cancelled() {
-            return Err(Stop::Interrupted);
-        }
-        Ok(true)
+        result
     }
 
-    /// The open session, waiting for it to finish opening (or opening it again after a
-    /// failure).
-    /// Streams a piece of a block's console output (opening the message on the first)
-    /// and keeps it for the model.
-    async fn console_piece(&self, started: &mut bool, buffer: &mut OutputBuffer, text: String) {
-        if !*started {
-            *started = true;
-            self.emit(Event::Chunk(console_chunk(None, true, false)))
+    /// Streams a piece of a block's console output, opening the message on the first.
+    async fn console_piece(&self, console: &mut ConsoleStream, text: String) {
+        if !console.started {
+            console.started = true;
+            self.emit(EventMsg::Chunk(console_chunk(None, true, false)))
                 .await;
         }
-        buffer.push(&text);
-        self.emit(Event::Chunk(console_chunk(Some(text), false, false)))
+        self.emit(EventMsg::Chunk(console_chunk(Some(text), false, false)))
             .await;
     }
 
     /// The open session for a request outside a turn (copying files).
-    pub(super) async fn session(&mut self) -> Result<&mut Session, String> {
+    pub(super) async fn session(&mut self) -> Result<&mut Session, Error> {
         match self.ready_session(&CancellationToken::new()).await {
             Ok(session) => Ok(session),
-            Err(Stop::Sandbox(message)) => Err(message),
-            Err(_) => Err("the sandbox is not available".into()),
+            Err(Stop::Sandbox(error)) => Err(error),
+            Err(_) => Err(Error::new(
+                ErrorKind::Sandbox,
+                "the sandbox is not available",
+            )),
         }
     }
 
+    /// The open session, waiting for it to finish opening (or opening it again after a
+    /// failure).
     async fn ready_session(&mut self, cancel: &CancellationToken) -> Result<&mut Session, Stop> {
         if matches!(self.session, SessionSlot::Empty) {
             self.open_session();
@@ -551,23 +570,36 @@ impl Worker {
                 _ = cancel.cancelled() => return Err(Stop::Interrupted),
                 r = handle => r,
             };
+            let context = "The sandbox could not start";
             match opened {
                 Ok(Ok(session)) => self.session = SessionSlot::Ready(Box::new(session)),
                 Ok(Err(e)) => {
                     self.session = SessionSlot::Empty;
-                    return Err(Stop::Sandbox(format!("The sandbox could not start: {e}")));
+                    return Err(Stop::Sandbox(Error::sandbox(context, &e)));
                 }
                 Err(e) => {
                     self.session = SessionSlot::Empty;
-                    return Err(Stop::Sandbox(format!("The sandbox could not start: {e}")));
+                    return Err(Stop::Sandbox(Error::new(
+                        ErrorKind::Sandbox,
+                        format!("{context}: {e}"),
+                    )));
                 }
             }
         }
         match &mut self.session {
             SessionSlot::Ready(session) => Ok(session),
-            _ => Err(Stop::Sandbox("The sandbox is not open".into())),
+            _ => Err(Stop::Sandbox(Error::new(
+                ErrorKind::Sandbox,
+                "The sandbox is not open",
+            ))),
         }
     }
+}
+
+/// Whether a block's console message has been opened (its start chunk sent).
+#[derive(Default)]
+struct ConsoleStream {
+    started: bool,
 }
 
 struct ReadFailure {
@@ -584,31 +616,6 @@ fn console_chunk(content: Option<String>, start: bool, end: bool) -> Chunk {
         content,
         start,
         end,
-    }
-}
-
-/// What the model and the user are told about how a block ended, beyond its output.
-fn outcome_note(outcome: &ExecOutcome) -> Option<String> {
-    let detail = outcome
-        .message
-        .as_deref()
-        .map(|m| format!(": {m}"))
-        .unwrap_or_default();
-    match outcome.status {
-        ExecStatus::Ok => None,
-        // A Python traceback speaks for itself; a shell's status does not.
-        ExecStatus::Error => match outcome.exit_code {
-            Some(code) if code != 0 && outcome.message.is_none() => {
-                Some(format!("[exit code {code}]"))
-            }
-            _ if outcome.message.is_some() => Some(format!("[error{detail}]")),
-            _ => None,
-        },
-        ExecStatus::Interrupted => Some("[interrupted by the user]".into()),
-        ExecStatus::TimedOut => Some(format!("[timed out{detail}]")),
-        ExecStatus::Crashed => Some(format!(
-            "[the interpreter stopped{detail}; its state (variables, imports) was lost]"
-        )),
     }
 }
 
@@ -694,7 +701,7 @@ impl ReplyReader {
         Ok(())
     }
 
-    fn text(&mut self, delta: &str, worker: &Worker) -> Vec<Event> {
+    fn text(&mut self, delta: &str, worker: &Worker) -> Vec<EventMsg> {
         let mut out = Vec::new();
         if !self.text_mode {
             self.prose_piece(delta, &mut out);
@@ -706,7 +713,7 @@ impl ReplyReader {
         out
     }
 
-    fn fence_piece(&mut self, piece: TextPiece, worker: &Worker, out: &mut Vec<Event>) {
+    fn fence_piece(&mut self, piece: TextPiece, worker: &Worker, out: &mut Vec<EventMsg>) {
         if self.text_block_done {
             // Text mode runs the first block; what follows would be invented output.
             return;
@@ -729,7 +736,7 @@ impl ReplyReader {
                             language.clone()
                         }
                     });
-                out.push(Event::Chunk(Chunk::start(
+                out.push(EventMsg::Chunk(Chunk::start(
                     Role::Assistant,
                     MessageType::Code,
                     Some(format.clone()),
@@ -741,7 +748,7 @@ impl ReplyReader {
             TextPiece::Code(code) => {
                 if let Some((format, buf, _)) = &mut self.text_block {
                     buf.push_str(&code);
-                    out.push(Event::Chunk(Chunk::content(
+                    out.push(EventMsg::Chunk(Chunk::content(
                         Role::Assistant,
                         MessageType::Code,
                         Some(format.clone()),
@@ -751,7 +758,7 @@ impl ReplyReader {
             }
             TextPiece::CodeEnd => {
                 if let Some((format, code, raw)) = self.text_block.take() {
-                    out.push(Event::Chunk(Chunk::end(
+                    out.push(EventMsg::Chunk(Chunk::end(
                         Role::Assistant,
                         MessageType::Code,
                         Some(format.clone()),
@@ -771,7 +778,7 @@ impl ReplyReader {
         }
     }
 
-    fn prose_piece(&mut self, text: &str, out: &mut Vec<Event>) {
+    fn prose_piece(&mut self, text: &str, out: &mut Vec<EventMsg>) {
         if self.hold.is_none() {
             self.held.push_str(text);
             let rest = &self.held[self.held_lead..];
@@ -800,13 +807,13 @@ impl ReplyReader {
         }
     }
 
-    fn show_prose(&mut self, text: &str, out: &mut Vec<Event>) {
+    fn show_prose(&mut self, text: &str, out: &mut Vec<EventMsg>) {
         if text.is_empty() {
             return;
         }
         if !self.prose_open {
             self.prose_open = true;
-            out.push(Event::Chunk(Chunk::start(
+            out.push(EventMsg::Chunk(Chunk::start(
                 Role::Assistant,
                 MessageType::Message,
                 None,
@@ -814,7 +821,7 @@ impl ReplyReader {
         }
         self.shown = true;
         self.prose.push_str(text);
-        out.push(Event::Chunk(Chunk::content(
+        out.push(EventMsg::Chunk(Chunk::content(
             Role::Assistant,
             MessageType::Message,
             None,
@@ -822,10 +829,10 @@ impl ReplyReader {
         )));
     }
 
-    fn close_prose(&mut self, out: &mut Vec<Event>) {
+    fn close_prose(&mut self, out: &mut Vec<EventMsg>) {
         if self.prose_open {
             self.prose_open = false;
-            out.push(Event::Chunk(Chunk::end(
+            out.push(EventMsg::Chunk(Chunk::end(
                 Role::Assistant,
                 MessageType::Message,
                 None,
@@ -834,7 +841,7 @@ impl ReplyReader {
     }
 
     /// Shows held-back text as prose (it was not a tool call after all).
-    fn release_held(&mut self, out: &mut Vec<Event>) {
+    fn release_held(&mut self, out: &mut Vec<EventMsg>) {
         self.hold = Some(false);
         let held = std::mem::take(&mut self.held);
         self.show_prose(&held, out);
@@ -848,7 +855,7 @@ impl ReplyReader {
         name: Option<String>,
         arguments: &str,
         worker: &Worker,
-    ) -> Result<Vec<Event>, LlmError> {
+    ) -> Result<Vec<EventMsg>, LlmError> {
         let mut out = Vec::new();
         let slot = match self.calls.iter().position(|c| c.key == index) {
             Some(slot) => slot,
@@ -894,7 +901,7 @@ impl ReplyReader {
             }) else {
                 return Ok(out);
             };
-            out.push(Event::Chunk(Chunk::start(
+            out.push(EventMsg::Chunk(Chunk::start(
                 Role::Assistant,
                 MessageType::Code,
                 Some(format.clone()),
@@ -904,7 +911,7 @@ impl ReplyReader {
         }
         if code.len() > call.streamed_len && code.is_char_boundary(call.streamed_len) {
             let format = call.streamed_as.clone();
-            out.push(Event::Chunk(Chunk::content(
+            out.push(EventMsg::Chunk(Chunk::content(
                 Role::Assistant,
                 MessageType::Code,
                 format,
@@ -917,7 +924,7 @@ impl ReplyReader {
 
     /// The end of the reply, complete or not: closes what is open and turns tool calls
     /// (and held text that is really one) into blocks.
-    fn finish(&mut self, complete: bool, worker: &Worker) -> Vec<Event> {
+    fn finish(&mut self, complete: bool, worker: &Worker) -> Vec<EventMsg> {
         let mut out = Vec::new();
         if self.text_mode && !self.text_block_done {
             for piece in self.fence.finish() {
@@ -926,7 +933,7 @@ impl ReplyReader {
             if !complete && self.text_block.is_some() {
                 // An interrupted block is not run.
                 if let Some((format, _, _)) = self.text_block.take() {
-                    out.push(Event::Chunk(Chunk::end(
+                    out.push(EventMsg::Chunk(Chunk::end(
                         Role::Assistant,
                         MessageType::Code,
                         Some(format),
@@ -963,7 +970,7 @@ impl ReplyReader {
         if !complete {
             // A half-written call is not run; close its chunks.
             if let Some(format) = self.calls.first().and_then(|c| c.streamed_as.clone()) {
-                out.push(Event::Chunk(Chunk::end(
+                out.push(EventMsg::Chunk(Chunk::end(
                     Role::Assistant,
                     MessageType::Code,
                     Some(format),
@@ -984,7 +991,7 @@ impl ReplyReader {
                             .get(call.streamed_len..)
                             .filter(|r| !r.is_empty())
                         {
-                            out.push(Event::Chunk(Chunk::content(
+                            out.push(EventMsg::Chunk(Chunk::content(
                                 Role::Assistant,
                                 MessageType::Code,
                                 Some(format.clone()),

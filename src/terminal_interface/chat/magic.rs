@@ -11,9 +11,10 @@ use anyhow::{bail, Context};
 use serde_json::json;
 
 use super::Chat;
+use crate::core::code_interpreter::files;
 use crate::core::hostfs;
 use crate::core::messages::{parse_conversation, Message, MessageType, Role};
-use crate::core::respond::Request;
+use crate::core::protocol::{Archive, Delivery, Request};
 use crate::terminal_interface::sanitize::{visible, Kind};
 
 const HELP: &str = "\
@@ -58,7 +59,7 @@ pub async fn run(chat: &mut Chat, line: &str) -> anyhow::Result<()> {
     match name {
         "help" => writeln!(out, "{HELP}")?,
         "reset" => {
-            chat.conversation.send(Request::Reset);
+            chat.conversation.call(Request::Reset).await?;
             chat.store.rewrite(&[])?;
             writeln!(
                 out,
@@ -66,9 +67,9 @@ pub async fn run(chat: &mut Chat, line: &str) -> anyhow::Result<()> {
             )?;
         }
         "undo" => {
-            let before = chat.conversation.messages().await.len();
-            chat.conversation.send(Request::Undo);
-            let messages = chat.conversation.messages().await;
+            let before = chat.conversation.messages().await?.len();
+            chat.conversation.call(Request::Undo).await?;
+            let messages = chat.conversation.messages().await?;
             chat.store.rewrite(&messages)?;
             writeln!(out, "Removed {} messages.", before - messages.len())?;
         }
@@ -85,11 +86,7 @@ pub async fn run(chat: &mut Chat, line: &str) -> anyhow::Result<()> {
             )?;
         }
         "tokens" => {
-            let info = chat
-                .conversation
-                .info()
-                .await
-                .context("the conversation has ended")?;
+            let info = chat.conversation.info().await?;
             let pct = info.context_tokens as f64 * 100.0 / info.context_window.max(1) as f64;
             writeln!(
                 out,
@@ -115,11 +112,7 @@ pub async fn run(chat: &mut Chat, line: &str) -> anyhow::Result<()> {
             }
         }
         "info" => {
-            let info = chat
-                .conversation
-                .info()
-                .await
-                .context("the conversation has ended")?;
+            let info = chat.conversation.info().await?;
             writeln!(out, "Model:     {} ({})", info.model, info.provider)?;
             writeln!(
                 out,
@@ -177,7 +170,7 @@ pub async fn run(chat: &mut Chat, line: &str) -> anyhow::Result<()> {
         }
         "save_message" => {
             let path = PathBuf::from(arg.unwrap_or("messages.json"));
-            let messages = chat.conversation.messages().await;
+            let messages = chat.conversation.messages().await?;
             hostfs::save(&path, serde_json::to_string_pretty(&messages)?.as_bytes())
                 .with_context(|| format!("saving {}", path.display()))?;
             writeln!(
@@ -194,7 +187,11 @@ pub async fn run(chat: &mut Chat, line: &str) -> anyhow::Result<()> {
                 .with_context(|| format!("reading {}", path.display()))?;
             let messages = parse_conversation(&text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            chat.conversation.send(Request::Load(messages.clone()));
+            chat.conversation
+                .call(Request::Load {
+                    messages: messages.clone(),
+                })
+                .await?;
             chat.store.rewrite(&messages)?;
             drop(out);
             for message in &messages {
@@ -205,7 +202,7 @@ pub async fn run(chat: &mut Chat, line: &str) -> anyhow::Result<()> {
         }
         "jupyter" => {
             let path = PathBuf::from(arg.unwrap_or("conversation.ipynb"));
-            let messages = chat.conversation.messages().await;
+            let messages = chat.conversation.messages().await?;
             hostfs::save(
                 &path,
                 serde_json::to_string_pretty(&notebook(&messages))?.as_bytes(),
@@ -216,11 +213,8 @@ pub async fn run(chat: &mut Chat, line: &str) -> anyhow::Result<()> {
         "upload" => {
             let (source, dest) = two_args(arg, "%upload <host path> [workspace folder]")?;
             let dest = dest.unwrap_or_else(|| ".".into());
-            let bytes = chat
-                .conversation
-                .upload(PathBuf::from(&source), dest.clone())
-                .await
-                .map_err(|e| anyhow::anyhow!(e))?;
+            let archive = pack(&source).await?;
+            let bytes = chat.conversation.upload(&dest, archive).await?;
             writeln!(
                 out,
                 "Copied {} into the workspace ({}), {bytes} bytes packed.",
@@ -231,11 +225,8 @@ pub async fn run(chat: &mut Chat, line: &str) -> anyhow::Result<()> {
         "download" => {
             let (source, dest) = two_args(arg, "%download <workspace path> [host folder]")?;
             let dest = PathBuf::from(dest.unwrap_or_else(|| ".".into()));
-            let written = chat
-                .conversation
-                .download(source.clone(), dest.clone())
-                .await
-                .map_err(|e| anyhow::anyhow!(e))?;
+            let archive = chat.conversation.download(&source, Delivery::File).await?;
+            let written = unpack(archive, dest.clone()).await?;
             writeln!(
                 out,
                 "Copied {} out: {} files into {}.",
@@ -247,6 +238,26 @@ pub async fn run(chat: &mut Chat, line: &str) -> anyhow::Result<()> {
         _ => bail!("unknown magic command `%{name}`.\n{HELP}"),
     }
     Ok(())
+}
+
+/// Packs a host file or folder (read without following links the sandbox may have
+/// planted) into an archive for the sandbox; the sandbox's side sets its owner.
+async fn pack(source: &str) -> anyhow::Result<Archive> {
+    let path = PathBuf::from(source);
+    std::fs::symlink_metadata(&path).with_context(|| format!("cannot read {source}"))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| ".".into());
+    let file = tokio::task::spawn_blocking(move || files::pack(&path, &name, 0, 0)).await??;
+    Ok(Archive::File(crate::core::protocol::ArchiveFile::new(file)))
+}
+
+/// Unpacks an archive from the sandbox into the host folder `dest`: nothing lands
+/// outside it, nothing is overwritten ([`files::unpack`]). Returns the paths written.
+async fn unpack(archive: Archive, dest: PathBuf) -> anyhow::Result<Vec<PathBuf>> {
+    let file = archive.into_file()?;
+    Ok(tokio::task::spawn_blocking(move || files::unpack(file, &dest)).await??)
 }
 
 /// A path as shown on the terminal.

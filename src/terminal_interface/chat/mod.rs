@@ -24,7 +24,8 @@ use super::{setup, Failure};
 use crate::core::config::Config;
 use crate::core::llm::ProviderKind;
 use crate::core::messages::MessageType;
-use crate::core::respond::{Answer, Conversation, Event, Request, TurnEnd};
+use crate::core::protocol::{Answer, Event, EventMsg, Request, TurnEnd};
+use crate::core::respond::Conversation;
 use input::{Input, Prompter};
 use render::{Renderer, Style};
 use store::Store;
@@ -225,15 +226,21 @@ pub async fn run(chat: ChatArgs, sandbox: SandboxArgs) -> Result<u8, Failure> {
         } else {
             None
         },
-        json: chat.json,
+        json: chat.json.then_some(JsonLines),
         auto_run: config.auto_run,
         config,
         quit,
         terminal: saved_terminal(interactive),
     };
     if !history.is_empty() {
-        session.conversation.send(Request::Load(history.clone()));
-        if !session.json {
+        session
+            .conversation
+            .call(Request::Load {
+                messages: history.clone(),
+            })
+            .await
+            .map_err(|e| Failure::from(anyhow::anyhow!(e)))?;
+        if session.json.is_none() {
             for message in &history {
                 session.renderer.message(message)?;
             }
@@ -242,7 +249,7 @@ pub async fn run(chat: ChatArgs, sandbox: SandboxArgs) -> Result<u8, Failure> {
     }
     let mut code = 0;
     if !first.is_empty() {
-        let end = session.turn(Request::Message(first)).await?;
+        let end = session.turn(Request::message(first)).await?;
         code = exit_code(end);
     }
     if interactive && !session.quit.is_requested() {
@@ -270,7 +277,8 @@ pub struct Chat {
     renderer: Renderer<std::io::Stdout, std::io::Stderr>,
     store: Store,
     prompter: Option<Prompter>,
-    json: bool,
+    /// `--json`: events go to stdout as JSON lines instead of being drawn.
+    json: Option<JsonLines>,
     auto_run: bool,
     config: Config,
     /// SIGTERM or SIGHUP: stop as after Ctrl-C, then leave.
@@ -313,7 +321,7 @@ impl Chat {
                 }
                 continue;
             }
-            self.turn(Request::Message(line)).await?;
+            self.turn(Request::message(line)).await?;
             if self.quit.is_requested() {
                 return Ok(0);
             }
@@ -322,7 +330,7 @@ impl Chat {
 
     /// Sends a request that starts a turn and draws its events until it ends.
     pub async fn turn(&mut self, request: Request) -> Result<TurnEnd, Failure> {
-        self.conversation.send(request);
+        self.conversation.send(request).await;
         let mut spinner = self.spinner();
         let quit = self.quit.clone();
         let mut stopping = quit.is_requested();
@@ -349,22 +357,19 @@ impl Chat {
                 return Ok(TurnEnd::SandboxError);
             };
             if matches!(
-                event,
-                Event::Chunk(_) | Event::Confirmation { .. } | Event::Error { .. }
+                event.msg,
+                EventMsg::Chunk(_) | EventMsg::Confirmation(_) | EventMsg::Error(_)
             ) {
                 if let Some(s) = spinner.take() {
                     s.finish_and_clear();
                 }
             }
-            if self.json {
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "{}", sanitize::json_line(&event.to_json()))?;
-                out.flush()?;
-            } else {
-                self.renderer.event(&event)?;
+            match &mut self.json {
+                Some(json) => json.event(&event)?,
+                None => self.renderer.event(&event.msg)?,
             }
-            match event {
-                Event::Message(message) => {
+            match event.msg {
+                EventMsg::Message(message) => {
                     if let Err(err) = self.store.append(&message) {
                         let err = format!("{err:#}");
                         eprintln!(
@@ -377,11 +382,18 @@ impl Chat {
                         spinner = self.spinner();
                     }
                 }
-                Event::Confirmation { language, code } => {
-                    let answer = self.confirm(&language, &code).await;
-                    self.conversation.send(Request::Confirm(answer));
+                EventMsg::Confirmation(confirmation) => {
+                    let answer = self
+                        .confirm(&confirmation.language, &confirmation.code)
+                        .await;
+                    self.conversation
+                        .send(Request::Confirm {
+                            confirmation: confirmation.id,
+                            answer,
+                        })
+                        .await;
                 }
-                Event::TurnEnded(end) => {
+                EventMsg::TurnEnded(end) => {
                     if let Some(s) = spinner.take() {
                         s.finish_and_clear();
                     }
@@ -394,7 +406,7 @@ impl Chat {
     }
 
     fn spinner(&self) -> Option<indicatif::ProgressBar> {
-        if self.json || self.renderer.style != Style::Terminal {
+        if self.json.is_some() || self.renderer.style != Style::Terminal {
             return None;
         }
         let bar = indicatif::ProgressBar::new_spinner();
@@ -436,6 +448,28 @@ impl Chat {
                 _ => eprintln!("oi: answer y, n, e or a"),
             }
         }
+    }
+}
+
+/// `--json`: each event as one JSON line on stdout, exactly as the protocol types
+/// serialise (terminal-active characters escaped). An error, which ends the run, is also
+/// said on stderr in one line naming its cause, so that a CI log shows why a run failed
+/// when stdout goes to a file.
+pub struct JsonLines;
+
+impl JsonLines {
+    fn event(&mut self, event: &Event) -> Result<(), Failure> {
+        let line = serde_json::to_value(event).context("writing an event as JSON")?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", sanitize::json_line(&line))?;
+        out.flush()?;
+        if let EventMsg::Error(error) = &event.msg {
+            eprintln!(
+                "oi: error: {}",
+                visible(&render::error_line(error), Kind::Prose)
+            );
+        }
+        Ok(())
     }
 }
 

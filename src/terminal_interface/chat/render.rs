@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::core::hostfs;
 use crate::core::messages::{Chunk, Message, MessageType, Role};
-use crate::core::respond::Event;
+use crate::core::protocol::{Error, ErrorKind, EventMsg, Setting};
 use crate::terminal_interface::sanitize::{self, Colours, Kind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,15 +139,23 @@ impl<W: Write, E: Write> Renderer<W, E> {
         self.err.flush()
     }
 
-    /// Draws one event. Completed messages and turn ends are the caller's business;
-    /// for a confirmation see [`Renderer::confirmation`].
-    pub fn event(&mut self, event: &Event) -> std::io::Result<()> {
+    /// Draws one event. Completed messages, turn ends and the answers to requests are
+    /// the caller's business; for a confirmation see [`Renderer::confirmation`].
+    pub fn event(&mut self, event: &EventMsg) -> std::io::Result<()> {
         match event {
-            Event::Chunk(chunk) => self.chunk(chunk),
-            Event::Notice(text) => self.diagnostic(YELLOW, &format!("oi: {text}")),
-            Event::Error { message, .. } => self.diagnostic(RED, &format!("oi: error: {message}")),
-            Event::Confirmation { language, code } => self.confirmation(language, code),
-            Event::Message(_) | Event::TurnEnded(_) => Ok(()),
+            EventMsg::Chunk(chunk) => self.chunk(chunk),
+            EventMsg::Notice(text) => self.diagnostic(YELLOW, &format!("oi: {text}")),
+            EventMsg::Error(error) => {
+                self.diagnostic(RED, &format!("oi: error: {}", error_text(error)))
+            }
+            EventMsg::Confirmation(c) => self.confirmation(&c.language, &c.code),
+            EventMsg::Message(_)
+            | EventMsg::TurnEnded(_)
+            | EventMsg::Info(_)
+            | EventMsg::Messages(_)
+            | EventMsg::Uploaded { .. }
+            | EventMsg::Downloaded(_)
+            | EventMsg::Done => Ok(()),
         }
     }
 
@@ -435,6 +443,67 @@ impl<W: Write, E: Write> Renderer<W, E> {
 
 /// An upper estimate of how many columns `text` takes: one per ASCII character, two
 /// for anything else (wide characters), eight for a tab.
+/// An error as the terminal says it: core's message (what happened), then what to
+/// change, naming this front end's flags (core names settings, never flags).
+pub fn error_text(error: &Error) -> String {
+    match advice(error) {
+        Some(advice) => format!("{}\n{advice}", error.message),
+        None => error.message.clone(),
+    }
+}
+
+/// [`error_text`] on one line, for a log: its lines joined.
+pub fn error_line(error: &Error) -> String {
+    error_text(error)
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What to change, worded with the terminal's flags, from the error's facts.
+fn advice(error: &Error) -> Option<String> {
+    let facts = &error.facts;
+    match error.kind {
+        ErrorKind::Auth => facts
+            .key_setting
+            .as_ref()
+            .map(|variable| format!("Set {variable} or --api-key to a valid key.")),
+        ErrorKind::Connect => Some("Is the server running, and is --api-base right?".into()),
+        ErrorKind::UnknownModel if facts.available.is_empty() => {
+            Some("Choose another with --model.".into())
+        }
+        ErrorKind::UnknownModel => Some("Choose one with --model.".into()),
+        ErrorKind::IterationCap => Some("(--max-iterations raises the cap.)".into()),
+        // Sandbox failures, worded as `advice::describe` words them outside the chat.
+        ErrorKind::Sandbox | ErrorKind::Files => match facts.setting {
+            Some(Setting::Image) => Some(
+                "Build or pull it (`oi image build` makes oi's own), or choose another with \
+                 --image."
+                    .into(),
+            ),
+            Some(Setting::WorkspaceSize) if error.kind == ErrorKind::Files => Some(
+                "Copy a smaller part, or allow more (--workspace-size, or `oi sandbox cp \
+                 --limit`)."
+                    .into(),
+            ),
+            Some(Setting::WorkspaceSize) => Some(
+                "Raise the limit (--workspace-size, or workspace_size in [sandbox]) or use \
+                 --workspace ro."
+                    .into(),
+            ),
+            Some(Setting::SandboxHost) => Some(
+                "Is Docker running, and may your user use it? (`sudo systemctl start docker`; \
+                 the docker group.)"
+                    .into(),
+            ),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn display_width(text: &str) -> usize {
     text.chars()
         .map(|c| match c {
@@ -542,11 +611,12 @@ pub fn highlight_line(language: &str, line: &str) -> String {
 mod tests {
     use super::*;
     use crate::core::messages::Chunk;
+    use crate::core::protocol::Confirmation;
 
-    fn script() -> Vec<Event> {
+    fn script() -> Vec<EventMsg> {
         let mut events = Vec::new();
         let prose = |t: &str| Chunk::content(Role::Assistant, MessageType::Message, None, t);
-        events.push(Event::Chunk(Chunk::start(
+        events.push(EventMsg::Chunk(Chunk::start(
             Role::Assistant,
             MessageType::Message,
             None,
@@ -557,40 +627,40 @@ mod tests {
             "- sec",
             "ond",
         ] {
-            events.push(Event::Chunk(prose(piece)));
+            events.push(EventMsg::Chunk(prose(piece)));
         }
-        events.push(Event::Chunk(Chunk::end(
+        events.push(EventMsg::Chunk(Chunk::end(
             Role::Assistant,
             MessageType::Message,
             None,
         )));
         let code = Some("python".to_string());
-        events.push(Event::Chunk(Chunk::start(
+        events.push(EventMsg::Chunk(Chunk::start(
             Role::Assistant,
             MessageType::Code,
             code.clone(),
         )));
         for piece in ["import os  # files\n", "print(len(os.listdir('.')), 42)"] {
-            events.push(Event::Chunk(Chunk::content(
+            events.push(EventMsg::Chunk(Chunk::content(
                 Role::Assistant,
                 MessageType::Code,
                 code.clone(),
                 piece,
             )));
         }
-        events.push(Event::Chunk(Chunk::end(
+        events.push(EventMsg::Chunk(Chunk::end(
             Role::Assistant,
             MessageType::Code,
             code,
         )));
         for chunk in Message::console("3 42\nsecond line\n").chunks() {
-            events.push(Event::Chunk(chunk));
+            events.push(EventMsg::Chunk(chunk));
         }
-        events.push(Event::Notice("retrying in 1.0 s".into()));
-        events.push(Event::Error {
-            kind: "auth".into(),
-            message: "rejected the API key".into(),
-        });
+        events.push(EventMsg::Notice("retrying in 1.0 s".into()));
+        events.push(EventMsg::Error(Error::new(
+            ErrorKind::Auth,
+            "rejected the API key",
+        )));
         events
     }
 
@@ -643,17 +713,17 @@ mod tests {
     }
 
     /// Everything a hostile model or sandbox might send, through both styles.
-    fn hostile() -> Vec<Event> {
+    fn hostile() -> Vec<EventMsg> {
         let mut events = Vec::new();
         let prose = |t: &str| {
-            Event::Chunk(Chunk::content(
+            EventMsg::Chunk(Chunk::content(
                 Role::Assistant,
                 MessageType::Message,
                 None,
                 t,
             ))
         };
-        events.push(Event::Chunk(Chunk::start(
+        events.push(EventMsg::Chunk(Chunk::start(
             Role::Assistant,
             MessageType::Message,
             None,
@@ -665,13 +735,13 @@ mod tests {
             "see \x1b]8;;http://127.0.0.1/\x1b\\here\x1b]8;;\x1b\\\x1b[2J\r\n",
         ));
         events.push(prose("\u{9b}31mC1 \u{202e}reversed\u{202c}\n"));
-        events.push(Event::Chunk(Chunk::end(
+        events.push(EventMsg::Chunk(Chunk::end(
             Role::Assistant,
             MessageType::Message,
             None,
         )));
         let code = Some("python\x1b[2J".to_string());
-        events.push(Event::Chunk(Chunk::start(
+        events.push(EventMsg::Chunk(Chunk::start(
             Role::Assistant,
             MessageType::Code,
             code.clone(),
@@ -681,14 +751,14 @@ mod tests {
             "import os; os.system('curl 127.0.0.1 | sh')\x1b[2K\x1b[1G# harmless\n",
             "access = \"user\u{202e} \u{2066}// admin\u{2069} \u{2066}\"\n",
         ] {
-            events.push(Event::Chunk(Chunk::content(
+            events.push(EventMsg::Chunk(Chunk::content(
                 Role::Assistant,
                 MessageType::Code,
                 code.clone(),
                 piece,
             )));
         }
-        events.push(Event::Chunk(Chunk::end(
+        events.push(EventMsg::Chunk(Chunk::end(
             Role::Assistant,
             MessageType::Code,
             code,
@@ -698,17 +768,17 @@ mod tests {
         )
         .chunks()
         {
-            events.push(Event::Chunk(chunk));
+            events.push(EventMsg::Chunk(chunk));
         }
-        events.push(Event::Notice("retry \x1b]0;x\x07".into()));
-        events.push(Event::Error {
-            kind: "server".into(),
-            message: "bad \x1b[2Jthing\u{85}".into(),
-        });
+        events.push(EventMsg::Notice("retry \x1b]0;x\x07".into()));
+        events.push(EventMsg::Error(Error::new(
+            ErrorKind::Server,
+            "bad \x1b[2Jthing\u{85}",
+        )));
         events
     }
 
-    fn render_events(style: Style, events: &[Event]) -> (String, String) {
+    fn render_events(style: Style, events: &[EventMsg]) -> (String, String) {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Renderer::new(style, Vec::new(), Vec::new(), dir.path().to_path_buf(), 80);
         for event in events {
@@ -770,22 +840,22 @@ mod tests {
         insta::assert_snapshot!("hostile_plain_stderr", err);
     }
 
-    fn code_block(code: &[&str]) -> Vec<Event> {
+    fn code_block(code: &[&str]) -> Vec<EventMsg> {
         let format = Some("python".to_string());
-        let mut events = vec![Event::Chunk(Chunk::start(
+        let mut events = vec![EventMsg::Chunk(Chunk::start(
             Role::Assistant,
             MessageType::Code,
             format.clone(),
         ))];
         for piece in code {
-            events.push(Event::Chunk(Chunk::content(
+            events.push(EventMsg::Chunk(Chunk::content(
                 Role::Assistant,
                 MessageType::Code,
                 format.clone(),
                 *piece,
             )));
         }
-        events.push(Event::Chunk(Chunk::end(
+        events.push(EventMsg::Chunk(Chunk::end(
             Role::Assistant,
             MessageType::Code,
             format,
@@ -794,10 +864,66 @@ mod tests {
     }
 
     #[test]
+    fn errors_are_worded_with_the_terminals_flags() {
+        use crate::core::protocol::Facts;
+        let error = |kind, facts| Error::new(kind, "what happened").with_facts(facts);
+        let auth = error(
+            ErrorKind::Auth,
+            Facts {
+                key_setting: Some("ANTHROPIC_API_KEY".into()),
+                ..Facts::default()
+            },
+        );
+        assert_eq!(
+            error_text(&auth),
+            "what happened\nSet ANTHROPIC_API_KEY or --api-key to a valid key."
+        );
+        assert_eq!(
+            error_line(&auth),
+            "what happened; Set ANTHROPIC_API_KEY or --api-key to a valid key."
+        );
+        let connect = error(ErrorKind::Connect, Facts::default());
+        assert!(error_text(&connect).ends_with("is --api-base right?"));
+        let offers = error(
+            ErrorKind::UnknownModel,
+            Facts {
+                available: vec!["a".into()],
+                ..Facts::default()
+            },
+        );
+        assert!(error_text(&offers).ends_with("\nChoose one with --model."));
+        let none = error(ErrorKind::UnknownModel, Facts::default());
+        assert!(error_text(&none).ends_with("\nChoose another with --model."));
+        let cap = error(ErrorKind::IterationCap, Facts::default());
+        assert!(error_text(&cap).contains("--max-iterations"));
+        let other = error(ErrorKind::Stalled, Facts::default());
+        assert_eq!(error_text(&other), "what happened");
+        // Sandbox errors that reach the chat (a copy, a restart) keep their advice.
+        use crate::core::code_interpreter::SandboxError;
+        let too_large = Error::sandbox(
+            "",
+            &SandboxError::CopyTooLarge {
+                path: "/workspace/big".into(),
+                limit: 1 << 30,
+            },
+        );
+        assert!(
+            error_text(&too_large).contains("--workspace-size, or `oi sandbox cp --limit`"),
+            "{}",
+            error_text(&too_large)
+        );
+        let missing = Error::sandbox("", &SandboxError::ImageMissing { tag: "x:1".into() });
+        assert!(error_text(&missing).contains("--image"));
+    }
+
+    #[test]
     fn the_confirmation_shows_the_code_again_when_it_differs() {
-        let confirm = |code: &str| Event::Confirmation {
-            language: "python".into(),
-            code: code.into(),
+        let confirm = |code: &str| {
+            EventMsg::Confirmation(Confirmation {
+                id: "c1".into(),
+                language: "python".into(),
+                code: code.into(),
+            })
         };
         // The same code (trailing line breaks aside): nothing more is drawn.
         let mut events = code_block(&["print(1)\n", "print(2)\n\n"]);
@@ -824,10 +950,11 @@ mod tests {
         // The same code, drawn as python, runs as shell (a call whose arguments name
         // the language twice): drawn again under the language it runs as.
         let mut events = code_block(&["print(1)\n"]);
-        events.push(Event::Confirmation {
+        events.push(EventMsg::Confirmation(Confirmation {
+            id: "c1".into(),
             language: "shell".into(),
             code: "print(1)".into(),
-        });
+        }));
         let (out, err) = render_events(Style::Plain, &events);
         assert_eq!(out, "```python\nprint(1)\n```\n```shell\nprint(1)\n```\n");
         assert!(err.contains("differs from what was shown"), "{err}");
@@ -855,7 +982,7 @@ mod tests {
                     Role::Assistant
                 };
                 let format = (kind == MessageType::Code).then(|| "python".to_string());
-                r.event(&Event::Chunk(Chunk::start(role, kind, format.clone())))
+                r.event(&EventMsg::Chunk(Chunk::start(role, kind, format.clone())))
                     .unwrap();
                 let piece = "y".repeat(64 << 10);
                 let mut most = 0;
@@ -867,7 +994,7 @@ mod tests {
                     8 << 20
                 };
                 for _ in 0..total / piece.len() {
-                    r.event(&Event::Chunk(Chunk::content(
+                    r.event(&EventMsg::Chunk(Chunk::content(
                         role,
                         kind,
                         format.clone(),
@@ -877,7 +1004,7 @@ mod tests {
                     most = most.max(r.retained());
                 }
                 assert!(most < 1024, "{style:?} {kind:?}: kept {most} bytes");
-                r.event(&Event::Chunk(Chunk::end(role, kind, format)))
+                r.event(&EventMsg::Chunk(Chunk::end(role, kind, format)))
                     .unwrap();
             }
         }

@@ -12,7 +12,8 @@ use oi::core::code_interpreter::Backend;
 use oi::core::config::Config;
 use oi::core::llm::Endpoint;
 use oi::core::messages::MessageType;
-use oi::core::respond::{Answer, Conversation, Event, Request, TurnEnd};
+use oi::core::protocol::{Answer, EventMsg, Request, TurnEnd};
+use oi::core::respond::Conversation;
 use serde_json::Value;
 
 use crate::suite::conversation::{request_with, turn, Turn};
@@ -58,6 +59,7 @@ async fn container_of(conv: &mut Conversation) -> String {
     assert_eq!(ran.end, TurnEnd::Finished, "{:?}", ran.errors());
     conv.info()
         .await
+        .ok()
         .and_then(|i| i.session)
         .and_then(|s| s.container_id)
         .expect("the sandbox session is open")
@@ -313,7 +315,7 @@ async fn d11_hostile_retry_after_values_do_not_panic_oi_in_ci_mode() {
     }
     assert_eq!(
         r.json().last().unwrap(),
-        &serde_json::json!({"role": "server", "type": "turn_end", "format": "finished"})
+        &serde_json::json!({"id": "1", "role": "server", "type": "turn_end", "format": "finished"})
     );
     assert_eq!(r.errors(), vec![]);
     assert_eq!(server.requests().len(), 4);
@@ -507,7 +509,7 @@ async fn d7_a_huge_tool_call_index_is_a_key_not_an_allocation() {
     // The first call streamed live, as a call at index 0 does.
     assert_eq!(
         lines[1],
-        serde_json::json!({"role": "assistant", "type": "code", "format": "python", "start": true})
+        serde_json::json!({"id": "1", "role": "assistant", "type": "code", "format": "python", "start": true})
     );
     assert!(
         r.peak_rss_kib < 100 * 1024,
@@ -567,8 +569,8 @@ async fn d7_more_than_16_tool_calls_in_one_reply_are_refused() {
     // streamed, and its chunks were closed).
     assert!(
         !t.events.iter().any(|e| matches!(e,
-            Event::Chunk(c) if c.kind == MessageType::Console)
-            || matches!(e, Event::Message(m) if m.kind != MessageType::Message)),
+            EventMsg::Chunk(c) if c.kind == MessageType::Console)
+            || matches!(e, EventMsg::Message(m) if m.kind != MessageType::Message)),
         "{:#?}",
         t.events
     );
@@ -628,12 +630,13 @@ async fn d8_an_endless_model_stream_is_cut_with_a_clear_error() {
     let error = lines.iter().find(|l| l["type"] == "error").unwrap();
     assert_eq!(
         error,
-        &serde_json::json!({"role": "server", "type": "error", "format": "reply_too_large",
-            "content": "the model's reply exceeded 4 MiB; it was stopped"})
+        &serde_json::json!({"id": "1", "role": "server", "type": "error", "format": "reply_too_large",
+            "content": "the model's reply exceeded 4 MiB; it was stopped",
+            "facts": {"setting": "max_reply_bytes", "limit": 4 << 20}})
     );
     assert_eq!(
         lines.last().unwrap(),
-        &serde_json::json!({"role": "server", "type": "turn_end", "format": "model_error"})
+        &serde_json::json!({"id": "1", "role": "server", "type": "turn_end", "format": "model_error"})
     );
     // What was shown (every whole delta under the cap) is the assistant's message.
     let shown: String = lines
@@ -708,7 +711,7 @@ async fn d8_a_runaway_reply_is_cut_and_the_next_message_works() {
         t.events
             .iter()
             .filter_map(|e| match e {
-                Event::Chunk(c) if c.kind == MessageType::Message => c.content.clone(),
+                EventMsg::Chunk(c) if c.kind == MessageType::Message => c.content.clone(),
                 _ => None,
             })
             .collect()
@@ -730,13 +733,13 @@ async fn d8_a_runaway_reply_is_cut_and_the_next_message_works() {
         .events
         .iter()
         .filter_map(|e| match e {
-            Event::Chunk(c) if c.kind == MessageType::Code => Some(c),
+            EventMsg::Chunk(c) if c.kind == MessageType::Code => Some(c),
             _ => None,
         })
         .collect();
     assert!(code.first().unwrap().start && code.last().unwrap().end);
     assert!(!t.events.iter().any(|e| matches!(e,
-        Event::Chunk(c) if c.kind == MessageType::Console)));
+        EventMsg::Chunk(c) if c.kind == MessageType::Console)));
     assert_eq!(turn(&mut conv, "next").await.end, TurnEnd::Finished);
     let body = &server.requests()[3].body;
     assert!(body["messages"]
@@ -781,7 +784,7 @@ async fn d8_a_long_streaming_tool_call_is_read_in_linear_time() {
         .events
         .iter()
         .filter_map(|e| match e {
-            Event::Chunk(c) if c.kind == MessageType::Code => c.content.clone(),
+            EventMsg::Chunk(c) if c.kind == MessageType::Code => c.content.clone(),
             _ => None,
         })
         .collect();
@@ -790,7 +793,7 @@ async fn d8_a_long_streaming_tool_call_is_read_in_linear_time() {
         .events
         .iter()
         .filter_map(|e| match e {
-            Event::Chunk(c)
+            EventMsg::Chunk(c)
                 if c.kind == MessageType::Console && c.format.as_deref() == Some("output") =>
             {
                 c.content.clone()
