@@ -11,3 +11,4 @@ pub mod llm;
 pub mod messages;
 pub mod protocol;
 pub mod respond;
+pub mod text;

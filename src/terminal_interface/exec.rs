@@ -104,13 +104,8 @@ fn describe(session: &Session) {
             .unwrap_or("?"),
         session.image().unwrap_or("?")
     );
-    for setting in session.hardening().describe() {
-        let mark = if setting.safe_default {
-            ""
-        } else {
-            "  (loosened)"
-        };
-        eprintln!("oi:   {:<18} {}{mark}", setting.name, setting.value);
+    for line in setup::settings_lines(session.hardening()) {
+        eprintln!("oi:   {line}");
     }
 }
 

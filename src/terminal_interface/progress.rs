@@ -86,10 +86,9 @@ impl Drop for BuildDisplay {
 /// (a project's Dockerfile is not trusted), so they are neutralised too.
 fn shorten(text: &str, max: usize) -> String {
     let text = super::sanitize::visible(text.trim(), super::sanitize::Kind::Name);
-    let text = text.as_ref();
     if text.chars().count() <= max {
-        return text.to_string();
+        return text.into_owned();
     }
-    let cut: String = text.chars().take(max - 1).collect();
-    format!("{cut}…")
+    // One character is the mark of the cut.
+    crate::core::text::shorten(&text, max.saturating_sub(1))
 }

@@ -41,13 +41,8 @@ fn settings(sandbox: &SandboxArgs) -> Result<u8, Failure> {
         )?;
         return Ok(0);
     }
-    for setting in config.hardening.describe() {
-        let mark = if setting.safe_default {
-            ""
-        } else {
-            "  (loosened)"
-        };
-        writeln!(out, "{:<18} {}{mark}", setting.name, setting.value)?;
+    for line in super::setup::settings_lines(&config.hardening) {
+        writeln!(out, "{line}")?;
     }
     Ok(0)
 }

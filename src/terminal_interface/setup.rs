@@ -12,7 +12,7 @@ use super::cli::SandboxArgs;
 use super::progress::BuildDisplay;
 use super::Failure;
 use crate::core::code_interpreter::{
-    Backend, Engine, Language, Languages, SandboxConfig, SandboxError, Workspace,
+    Backend, Engine, Hardening, Language, Languages, SandboxConfig, SandboxError, Workspace,
 };
 
 /// The configuration the flags describe.
@@ -134,6 +134,24 @@ fn parse_pids(text: &str) -> anyhow::Result<i64> {
         bail!("the process limit must be from 16 to {MAX_PIDS}, got {n}");
     }
     Ok(n)
+}
+
+/// The effective isolation as aligned lines (`pids limit         512`), each setting that
+/// differs from safe mode marked `(loosened)`: what `oi sandbox settings`, `oi exec -v`
+/// and `%info` show.
+pub fn settings_lines(hardening: &Hardening) -> Vec<String> {
+    hardening
+        .describe()
+        .into_iter()
+        .map(|setting| {
+            let mark = if setting.safe_default {
+                ""
+            } else {
+                "  (loosened)"
+            };
+            format!("{:<18} {}{mark}", setting.name, setting.value)
+        })
+        .collect()
 }
 
 /// The workspace the flags ask for, refusing folders that would expose the machine.

@@ -74,7 +74,7 @@ pub(crate) async fn send(
         .map_err(|_| LlmError::Stalled { after: idle })?
         .map_err(|e| LlmError::Connect {
             url: failure.url.to_string(),
-            detail: error_chain(&e),
+            detail: crate::core::error_chain::error_chain(&e),
         })?;
     let status = response.status();
     if status.is_success() {
@@ -188,16 +188,7 @@ pub(crate) fn error_detail(body: &str) -> String {
     shorten(&text, DETAIL_MAX)
 }
 
-pub(crate) fn shorten(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
-}
+pub(crate) use crate::core::text::shorten;
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     parse_retry_after(headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?)
@@ -212,20 +203,6 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
         return None;
     }
     Duration::try_from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())).ok()
-}
-
-/// reqwest's Display hides the cause ("error sending request"); users need it.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
 }
 
 /// `GET {base}/models` → the ids in `data[].id` (OpenAI and Anthropic agree on this).

@@ -430,13 +430,9 @@ fn strip_fences(text: &str) -> &str {
     rest.trim_end().strip_suffix("```").unwrap_or(rest).trim()
 }
 
+/// A tool call's arguments, cut for a message back to the model.
 fn shorten(text: &str) -> String {
-    const MAX: usize = 300;
-    let text = text.trim();
-    match text.char_indices().nth(MAX) {
-        Some((i, _)) => format!("{}…", &text[..i]),
-        None => text.to_string(),
-    }
+    crate::core::text::shorten(text.trim(), 300)
 }
 
 /// Parses `key="value", key2='''value'''` with Python's string escapes.
@@ -553,10 +549,6 @@ impl FenceParser {
             out.push(TextPiece::CodeEnd);
         }
         out
-    }
-
-    pub fn in_code(&self) -> bool {
-        self.in_code.is_some()
     }
 
     fn text(&self, text: String) -> TextPiece {

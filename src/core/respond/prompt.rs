@@ -53,15 +53,6 @@ impl History {
         self.tokens.truncate(len);
     }
 
-    /// Replaces the content of the last message (an edited block).
-    pub fn set_last_content(&mut self, content: String) {
-        if let Some(last) = self.messages.last_mut() {
-            last.content = content;
-            let n = self.count(self.messages.last().unwrap());
-            *self.tokens.last_mut().unwrap() = n;
-        }
-    }
-
     pub fn total_tokens(&self) -> usize {
         self.tokens.iter().sum()
     }

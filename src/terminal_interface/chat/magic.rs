@@ -16,6 +16,7 @@ use crate::core::hostfs;
 use crate::core::messages::{parse_conversation, Message, MessageType, Role};
 use crate::core::protocol::{Archive, Delivery, Request};
 use crate::terminal_interface::sanitize::{visible, Kind};
+use crate::terminal_interface::setup;
 
 const HELP: &str = "\
 Magic commands:
@@ -40,204 +41,237 @@ const MAX_LOAD_BYTES: u64 = 256 << 20;
 /// Runs one magic command line.
 pub async fn run(chat: &mut Chat, line: &str) -> anyhow::Result<()> {
     if let Some(command) = line.strip_prefix("%%") {
-        let command = command.trim();
-        if command.is_empty() {
-            bail!("%% needs a shell command, e.g. %% ls -la");
-        }
-        chat.turn(Request::Run {
-            language: "shell".into(),
-            code: command.to_string(),
-        })
-        .await
-        .map_err(|f| f.error)?;
-        return Ok(());
+        return shell(chat, command.trim()).await;
     }
     let mut words = line[1..].splitn(2, char::is_whitespace);
     let name = words.next().unwrap_or("");
     let arg = words.next().map(str::trim).filter(|a| !a.is_empty());
-    let mut out = std::io::stdout().lock();
     match name {
-        "help" => writeln!(out, "{HELP}")?,
-        "reset" => {
-            chat.conversation.call(Request::Reset).await?;
-            chat.store.rewrite(&[])?;
-            writeln!(
-                out,
-                "Reset: the conversation is empty and the sandbox is new."
-            )?;
-        }
-        "undo" => {
-            let before = chat.conversation.messages().await?.len();
-            chat.conversation.call(Request::Undo).await?;
-            let messages = chat.conversation.messages().await?;
-            chat.store.rewrite(&messages)?;
-            writeln!(out, "Removed {} messages.", before - messages.len())?;
-        }
-        "verbose" => {
-            chat.renderer.verbose = match arg {
-                None | Some("on") => true,
-                Some("off") => false,
-                Some(other) => bail!("%verbose takes on or off, not `{other}`"),
-            };
-            writeln!(
-                out,
-                "Verbose {}.",
-                if chat.renderer.verbose { "on" } else { "off" }
-            )?;
-        }
-        "tokens" => {
-            let info = chat.conversation.info().await?;
-            let pct = info.context_tokens as f64 * 100.0 / info.context_window.max(1) as f64;
-            writeln!(
-                out,
-                "Context: {} of {} tokens ({pct:.1}%), counted with {}.",
-                info.context_tokens, info.context_window, info.token_method
-            )?;
-            writeln!(
-                out,
-                "Used so far (as the server reported): {} input, {} output tokens.",
-                info.usage.input_tokens, info.usage.output_tokens
-            )?;
-            match price(&info.model) {
-                Some((input, output)) => {
-                    let cost = info.usage.input_tokens as f64 * input / 1e6
-                        + info.usage.output_tokens as f64 * output / 1e6;
-                    writeln!(
-                        out,
-                        "Estimated cost: ${cost:.4} (at ${input}/${output} per million input/output tokens for {}).",
-                        info.model
-                    )?;
-                }
-                None => writeln!(out, "No price is known for {}.", info.model)?,
-            }
-        }
-        "info" => {
-            let info = chat.conversation.info().await?;
-            writeln!(out, "Model:     {} ({})", info.model, info.provider)?;
-            writeln!(
-                out,
-                "Mode:      {}, vision {}, auto-run {}",
-                if info.functions {
-                    "function calling"
-                } else {
-                    "text (fenced blocks)"
-                },
-                if info.vision { "on" } else { "off" },
-                if info.auto_run { "on" } else { "off" }
-            )?;
-            writeln!(
-                out,
-                "Context:   {} of {} tokens",
-                info.context_tokens, info.context_window
-            )?;
-            writeln!(
-                out,
-                "Messages:  {} (saved to {})",
-                info.messages,
-                chat.store.path().display()
-            )?;
-            match &info.session {
-                Some(s) => writeln!(
-                    out,
-                    "Sandbox:   {} {}",
-                    if s.sandboxed {
-                        "container"
-                    } else {
-                        "UNSAFE: host process"
-                    },
-                    s.container_id
-                        .as_deref()
-                        .map(|c| &c[..c.len().min(12)])
-                        .unwrap_or(&s.id)
-                )?,
-                None => writeln!(out, "Sandbox:   not started yet")?,
-            }
-            if chat.config.sandbox.backend == crate::core::code_interpreter::Backend::Docker {
-                writeln!(
-                    out,
-                    "Workspace: {}",
-                    chat.config.sandbox.workspace.describe()
-                )?;
-                for setting in chat.config.sandbox.hardening.describe() {
-                    let mark = if setting.safe_default {
-                        ""
-                    } else {
-                        "  (loosened)"
-                    };
-                    writeln!(out, "  {:<18} {}{mark}", setting.name, setting.value)?;
-                }
-            }
-        }
-        "save_message" => {
-            let path = PathBuf::from(arg.unwrap_or("messages.json"));
-            let messages = chat.conversation.messages().await?;
-            hostfs::save(&path, serde_json::to_string_pretty(&messages)?.as_bytes())
-                .with_context(|| format!("saving {}", path.display()))?;
-            writeln!(
-                out,
-                "Saved {} messages to {}.",
-                messages.len(),
-                shown(&path)
-            )?;
-        }
-        "load_message" => {
-            let path = PathBuf::from(arg.unwrap_or("messages.json"));
-            // Not through a link either: the sandbox could point one at a host file.
-            let text = hostfs::read_to_string(&path, MAX_LOAD_BYTES)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let messages = parse_conversation(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            chat.conversation
-                .call(Request::Load {
-                    messages: messages.clone(),
-                })
-                .await?;
-            chat.store.rewrite(&messages)?;
-            drop(out);
-            for message in &messages {
-                chat.renderer.message(message)?;
-            }
-            chat.renderer.finish_open()?;
-            println!("Loaded {} messages from {}.", messages.len(), shown(&path));
-        }
-        "jupyter" => {
-            let path = PathBuf::from(arg.unwrap_or("conversation.ipynb"));
-            let messages = chat.conversation.messages().await?;
-            hostfs::save(
-                &path,
-                serde_json::to_string_pretty(&notebook(&messages))?.as_bytes(),
-            )
-            .with_context(|| format!("saving {}", path.display()))?;
-            writeln!(out, "Exported the conversation to {}.", shown(&path))?;
-        }
-        "upload" => {
-            let (source, dest) = two_args(arg, "%upload <host path> [workspace folder]")?;
-            let dest = dest.unwrap_or_else(|| ".".into());
-            let archive = pack(&source).await?;
-            let bytes = chat.conversation.upload(&dest, archive).await?;
-            writeln!(
-                out,
-                "Copied {} into the workspace ({}), {bytes} bytes packed.",
-                visible(&source, Kind::Name),
-                visible(&dest, Kind::Name),
-            )?;
-        }
-        "download" => {
-            let (source, dest) = two_args(arg, "%download <workspace path> [host folder]")?;
-            let dest = PathBuf::from(dest.unwrap_or_else(|| ".".into()));
-            let archive = chat.conversation.download(&source, Delivery::File).await?;
-            let written = unpack(archive, dest.clone()).await?;
-            writeln!(
-                out,
-                "Copied {} out: {} files into {}.",
-                visible(&source, Kind::Name),
-                written.len(),
-                shown(&dest)
-            )?;
-        }
-        _ => bail!("unknown magic command `%{name}`.\n{HELP}"),
+        "help" => say(HELP),
+        "reset" => reset(chat).await,
+        "undo" => undo(chat).await,
+        "verbose" => verbose(chat, arg),
+        "tokens" => tokens(chat).await,
+        "info" => info(chat).await,
+        "save_message" => save_message(chat, arg).await,
+        "load_message" => load_message(chat, arg).await,
+        "jupyter" => jupyter(chat, arg).await,
+        "upload" => upload(chat, arg).await,
+        "download" => download(chat, arg).await,
+        _ => bail!(
+            "unknown magic command `%{}`.\n{HELP}",
+            visible(name, Kind::Name)
+        ),
     }
+}
+
+/// Prints a command's answer on stdout.
+fn say(text: &str) -> anyhow::Result<()> {
+    writeln!(std::io::stdout().lock(), "{text}")?;
     Ok(())
+}
+
+/// `%% <command>`: a shell command in the sandbox, not shown to the model.
+async fn shell(chat: &mut Chat, command: &str) -> anyhow::Result<()> {
+    if command.is_empty() {
+        bail!("%% needs a shell command, e.g. %% ls -la");
+    }
+    chat.turn(Request::Run {
+        language: "shell".into(),
+        code: command.to_string(),
+    })
+    .await
+    .map_err(|f| f.error)?;
+    Ok(())
+}
+
+async fn reset(chat: &mut Chat) -> anyhow::Result<()> {
+    chat.conversation.call(Request::Reset).await?;
+    chat.store.rewrite(&[])?;
+    say("Reset: the conversation is empty and the sandbox is new.")
+}
+
+async fn undo(chat: &mut Chat) -> anyhow::Result<()> {
+    let before = chat.conversation.messages().await?.len();
+    chat.conversation.call(Request::Undo).await?;
+    let messages = chat.conversation.messages().await?;
+    chat.store.rewrite(&messages)?;
+    say(&format!("Removed {} messages.", before - messages.len()))
+}
+
+fn verbose(chat: &mut Chat, arg: Option<&str>) -> anyhow::Result<()> {
+    chat.renderer.verbose = match arg {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(other) => bail!(
+            "%verbose takes on or off, not `{}`",
+            visible(other, Kind::Name)
+        ),
+    };
+    say(if chat.renderer.verbose {
+        "Verbose on."
+    } else {
+        "Verbose off."
+    })
+}
+
+/// `%tokens`: the context's size and, where the model's price is known, the cost.
+async fn tokens(chat: &mut Chat) -> anyhow::Result<()> {
+    let info = chat.conversation.info().await?;
+    let model = visible(&info.model, Kind::Name);
+    let pct = info.context_tokens as f64 * 100.0 / info.context_window.max(1) as f64;
+    let mut text = format!(
+        "Context: {} of {} tokens ({pct:.1}%), counted with {}.\n\
+         Used so far (as the server reported): {} input, {} output tokens.\n",
+        info.context_tokens,
+        info.context_window,
+        info.token_method,
+        info.usage.input_tokens,
+        info.usage.output_tokens
+    );
+    match price(&info.model) {
+        Some((input, output)) => {
+            let cost = info.usage.input_tokens as f64 * input / 1e6
+                + info.usage.output_tokens as f64 * output / 1e6;
+            text.push_str(&format!(
+                "Estimated cost: ${cost:.4} (at ${input}/${output} per million input/output \
+                 tokens for {model})."
+            ));
+        }
+        None => text.push_str(&format!("No price is known for {model}.")),
+    }
+    say(&text)
+}
+
+/// `%info`: the model, the endpoint, the sandbox and its settings.
+async fn info(chat: &mut Chat) -> anyhow::Result<()> {
+    let info = chat.conversation.info().await?;
+    let on = |b: bool| if b { "on" } else { "off" };
+    let mut lines = vec![
+        format!(
+            "Model:     {} ({})",
+            visible(&info.model, Kind::Name),
+            visible(&info.provider, Kind::Name)
+        ),
+        format!(
+            "Mode:      {}, vision {}, auto-run {}",
+            if info.functions {
+                "function calling"
+            } else {
+                "text (fenced blocks)"
+            },
+            on(info.vision),
+            on(info.auto_run)
+        ),
+        format!(
+            "Context:   {} of {} tokens",
+            info.context_tokens, info.context_window
+        ),
+        format!(
+            "Messages:  {} (saved to {})",
+            info.messages,
+            shown(&chat.store.path())
+        ),
+        match &info.session {
+            Some(s) => format!(
+                "Sandbox:   {} {}",
+                if s.sandboxed {
+                    "container"
+                } else {
+                    "UNSAFE: host process"
+                },
+                s.container_id
+                    .as_deref()
+                    .map(|c| &c[..c.len().min(12)])
+                    .unwrap_or(&s.id)
+            ),
+            None => "Sandbox:   not started yet".to_string(),
+        },
+    ];
+    if chat.config.sandbox.backend == crate::core::code_interpreter::Backend::Docker {
+        lines.push(format!(
+            "Workspace: {}",
+            visible(&chat.config.sandbox.workspace.describe(), Kind::Name)
+        ));
+        lines.extend(
+            setup::settings_lines(&chat.config.sandbox.hardening)
+                .into_iter()
+                .map(|line| format!("  {line}")),
+        );
+    }
+    say(&lines.join("\n"))
+}
+
+async fn save_message(chat: &mut Chat, arg: Option<&str>) -> anyhow::Result<()> {
+    let path = PathBuf::from(arg.unwrap_or("messages.json"));
+    let messages = chat.conversation.messages().await?;
+    hostfs::save(&path, serde_json::to_string_pretty(&messages)?.as_bytes())
+        .with_context(|| format!("saving {}", path.display()))?;
+    say(&format!(
+        "Saved {} messages to {}.",
+        messages.len(),
+        shown(&path)
+    ))
+}
+
+async fn load_message(chat: &mut Chat, arg: Option<&str>) -> anyhow::Result<()> {
+    let path = PathBuf::from(arg.unwrap_or("messages.json"));
+    // Not through a link either: the sandbox could point one at a host file.
+    let text = hostfs::read_to_string(&path, MAX_LOAD_BYTES)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let messages =
+        parse_conversation(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    chat.conversation
+        .call(Request::Load {
+            messages: messages.clone(),
+        })
+        .await?;
+    chat.store.rewrite(&messages)?;
+    for message in &messages {
+        chat.renderer.message(message)?;
+    }
+    chat.renderer.finish_open()?;
+    say(&format!(
+        "Loaded {} messages from {}.",
+        messages.len(),
+        shown(&path)
+    ))
+}
+
+async fn jupyter(chat: &mut Chat, arg: Option<&str>) -> anyhow::Result<()> {
+    let path = PathBuf::from(arg.unwrap_or("conversation.ipynb"));
+    let messages = chat.conversation.messages().await?;
+    hostfs::save(
+        &path,
+        serde_json::to_string_pretty(&notebook(&messages))?.as_bytes(),
+    )
+    .with_context(|| format!("saving {}", path.display()))?;
+    say(&format!("Exported the conversation to {}.", shown(&path)))
+}
+
+async fn upload(chat: &mut Chat, arg: Option<&str>) -> anyhow::Result<()> {
+    let (source, dest) = two_args(arg, "%upload <host path> [workspace folder]")?;
+    let dest = dest.unwrap_or_else(|| ".".into());
+    let archive = pack(&source).await?;
+    let bytes = chat.conversation.upload(&dest, archive).await?;
+    say(&format!(
+        "Copied {} into the workspace ({}), {bytes} bytes packed.",
+        visible(&source, Kind::Name),
+        visible(&dest, Kind::Name),
+    ))
+}
+
+async fn download(chat: &mut Chat, arg: Option<&str>) -> anyhow::Result<()> {
+    let (source, dest) = two_args(arg, "%download <workspace path> [host folder]")?;
+    let dest = PathBuf::from(dest.unwrap_or_else(|| ".".into()));
+    let archive = chat.conversation.download(&source, Delivery::File).await?;
+    let written = unpack(archive, dest.clone()).await?;
+    say(&format!(
+        "Copied {} out: {} files into {}.",
+        visible(&source, Kind::Name),
+        written.len(),
+        shown(&dest)
+    ))
 }
 
 /// Packs a host file or folder (read without following links the sandbox may have
