@@ -282,9 +282,13 @@ pub enum ImageCommand {
         base: BaseImageArg,
     },
     /// Remove oi's images that are no longer current (older recipes, older project builds).
+    /// Images a container uses stay.
     Prune {
         #[command(flatten)]
         base: BaseImageArg,
+        /// Only this project's older builds (as `oi image ls` names the project).
+        #[arg(long, value_name = "NAME")]
+        project: Option<String>,
     },
     /// Make the base image offline with debootstrap (needs root; for machines without a registry).
     BootstrapBase {

@@ -12,13 +12,13 @@ use super::progress::BuildDisplay;
 use super::sanitize::{visible, Kind};
 use super::{advice, setup, Failure};
 use crate::core::code_interpreter::image::{self, ImageInfo};
-use crate::core::code_interpreter::{bytes, Engine, SandboxConfig};
+use crate::core::code_interpreter::{bytes, Engine, SandboxConfig, SandboxError};
 
 pub async fn run(command: ImageCommand) -> Result<u8, Failure> {
     match command {
         ImageCommand::Build { sandbox } => build(&sandbox).await,
         ImageCommand::Ls { base } => list(&base).await,
-        ImageCommand::Prune { base } => prune(&base).await,
+        ImageCommand::Prune { base, project } => prune(&base, project.as_deref()).await,
         ImageCommand::BootstrapBase { tag } => bootstrap_base(&tag),
     }
 }
@@ -63,14 +63,22 @@ async fn list(base: &BaseImageArg) -> Result<u8, Failure> {
     Ok(0)
 }
 
-async fn prune(base: &BaseImageArg) -> Result<u8, Failure> {
+/// Removes what is no longer current (of one project only, with `project`). An image
+/// a container uses stays, with a note: on a shared daemon it may be another oi's.
+async fn prune(base: &BaseImageArg, project: Option<&str>) -> Result<u8, Failure> {
     let (engine, images, current) = images(base).await?;
     let store = engine.images()?;
     let mut failed = 0;
-    for img in stale(&images, &current) {
+    let chosen = stale(&images, &current)
+        .into_iter()
+        .filter(|img| project.is_none() || img.project.as_deref() == project);
+    for img in chosen {
         let tag = visible(&img.tag, Kind::Name);
         match store.remove(&img.tag).await {
             Ok(()) => println!("removed {tag} ({})", bytes(img.size)),
+            Err(SandboxError::ImageInUse { .. }) => {
+                eprintln!("oi: kept {tag}: a container uses it");
+            }
             Err(err) => {
                 eprintln!("oi: could not remove {tag}: {}", advice::describe(&err));
                 failed += 1;

@@ -881,17 +881,68 @@ async fn a_project_image_is_built_from_oi_toml_once_and_rebuilt_when_its_recipe_
         "{}",
         third.stdout
     );
+    // The builds were this test's own: they go (they are large, and unique per run).
+    let engine = oi::core::code_interpreter::Engine::connect(super::docker_config())
+        .await
+        .unwrap();
+    let store = engine.images().unwrap();
+    let name = project.file_name().unwrap().to_string_lossy().into_owned();
+    let mine: Vec<_> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|built| built.project.as_deref() == Some(name.as_str()))
+        .collect();
+    assert!(!mine.is_empty(), "the builds are listed under {name}");
+    for built in mine {
+        store.remove(&built.tag).await.unwrap();
+    }
+}
+
+/// A project image of this test's own, labelled as oi labels a build, tagged `tag`.
+async fn project_image_of_mine(docker: &bollard::Docker, base: &str, project: &str, tag: &str) {
+    use bollard::query_parameters::{CommitContainerOptionsBuilder, CreateContainerOptionsBuilder};
+    let name = format!("oi-test-commit-{project}-{tag}");
+    let body = bollard::models::ContainerCreateBody {
+        image: Some(base.to_string()),
+        ..Default::default()
+    };
+    let made = docker
+        .create_container(
+            Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+            body,
+        )
+        .await
+        .unwrap();
+    let changes = format!(
+        "LABEL {}={project} {}=test-{tag}",
+        oi::core::code_interpreter::image::PROJECT_LABEL,
+        oi::core::code_interpreter::image::RECIPE_LABEL
+    );
+    let mut options = CommitContainerOptionsBuilder::default()
+        .container(&made.id)
+        .repo(&format!("oi-project-{project}"))
+        .tag(tag)
+        .build();
+    options.changes = Some(changes);
+    docker
+        .commit_container(options, bollard::models::ContainerConfig::default())
+        .await
+        .unwrap();
+    oi::core::code_interpreter::docker::remove(docker, &made.id)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
-async fn image_ls_marks_current_images_and_prune_removes_the_rest() {
-    if image().is_none() {
+async fn image_ls_marks_current_images_and_prune_removes_only_stale_ones() {
+    let Some(current) = image() else {
         return;
-    }
+    };
     let home = Home::new();
     let r = run(home.oi(&home.project()).args(["image", "ls"])).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let current = image().unwrap();
     assert!(
         r.stdout
             .lines()
@@ -899,20 +950,63 @@ async fn image_ls_marks_current_images_and_prune_removes_the_rest() {
         "{}",
         r.stdout
     );
-    let r = run(home.oi(&home.project()).args(["image", "prune"])).await;
-    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    // Two builds of a project of this test's own: the older is stale. Pruning is asked
+    // for that project only (tests share the daemon; a global prune would touch other
+    // runs' images).
+    let engine = oi::core::code_interpreter::Engine::connect(super::docker_config())
+        .await
+        .unwrap();
+    let docker = engine.docker().unwrap().clone();
+    let project = format!("prune-test-{}", std::process::id());
+    project_image_of_mine(&docker, current, &project, "old").await;
+    // Image creation times are in seconds: the newer must be newer.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    project_image_of_mine(&docker, current, &project, "new").await;
+    let listed = run(home.oi(&home.project()).args(["image", "ls"])).await;
+    let rows: Vec<&str> = listed
+        .stdout
+        .lines()
+        .filter(|l| l.contains(&project))
+        .collect();
+    assert_eq!(rows.len(), 2, "{}", listed.stdout);
     assert!(
-        !r.stdout.contains(current),
-        "the current image stays: {}",
+        rows.iter()
+            .any(|l| l.contains(":new") && l.trim_end().ends_with('*')),
+        "the newest build is current: {rows:?}"
+    );
+
+    let r = run(home
+        .oi(&home.project())
+        .args(["image", "prune", "--project", &project]))
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let old = format!("oi-project-{project}:old");
+    let new = format!("oi-project-{project}:new");
+    assert!(r.stdout.contains(&format!("removed {old}")), "{}", r.stdout);
+    assert_eq!(
+        r.stdout.lines().count(),
+        1,
+        "nothing else removed: {}",
         r.stdout
     );
-    let r = run(home.oi(&home.project()).args(["image", "ls"])).await;
-    for line in r.stdout.lines().filter(|l| l.contains("(oi)")) {
-        assert!(
-            line.trim_end().ends_with('*'),
-            "only current images of oi's own are left: {line}"
-        );
-    }
+    assert!(
+        docker.inspect_image(&old).await.is_err(),
+        "the stale build went"
+    );
+    assert!(docker.inspect_image(&new).await.is_ok(), "the newest stays");
+    assert!(
+        docker.inspect_image(current).await.is_ok(),
+        "oi's own stays"
+    );
+    docker
+        .remove_image(
+            &new,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -40,6 +40,11 @@ pub enum SandboxError {
     #[error("the sandbox image {tag} is missing on this machine")]
     ImageMissing { tag: String },
 
+    /// An image to remove is used by a container (a running session, someone's build):
+    /// it stays. Pruning goes on with the others.
+    #[error("the image {tag} is in use by a container")]
+    ImageInUse { tag: String },
+
     /// Building an image failed; `step` is the Dockerfile step that failed, `log` the
     /// last lines the build printed, `hint` what is likely wrong.
     #[error("{}{}", build_report(step, message, log), hint.map(|h| format!("\nhint: {h}")).unwrap_or_default())]

@@ -577,17 +577,24 @@ pub fn stale(images: &[ImageInfo], current: &str) -> Vec<ImageInfo> {
         .collect()
 }
 
-/// Removes an image; one in use by a container is an error saying so.
+/// Removes an image; one in use by a container is [`SandboxError::ImageInUse`].
 pub async fn remove(docker: &Docker, tag: &str) -> Result<()> {
-    docker
+    match docker
         .remove_image(
             tag,
             None::<bollard::query_parameters::RemoveImageOptions>,
             None,
         )
         .await
-        .map(|_| ())
-        .map_err(SandboxError::docker("image remove"))
+    {
+        Ok(_) => Ok(()),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409, ..
+        }) => Err(SandboxError::ImageInUse {
+            tag: tag.to_string(),
+        }),
+        Err(err) => Err(SandboxError::docker("image remove")(err)),
+    }
 }
 
 #[cfg(test)]

@@ -173,104 +173,32 @@ impl super::FrameDecoder for EventDecoder {
             .as_str()
             .or(frame.event.as_deref())
             .unwrap_or("");
-        let mut events = Vec::new();
         match kind {
             "message_start" => {
                 self.input_tokens = value["message"]["usage"]["input_tokens"]
                     .as_u64()
                     .unwrap_or(0);
+                Ok(Vec::new())
             }
-            "content_block_start" => {
-                let block = &value["content_block"];
-                match block["type"].as_str() {
-                    Some("tool_use") => {
-                        let call = self.tool_blocks.slot(value.get("index"), 0, &frame.data)?;
-                        events.push(StreamEvent::ToolCallDelta {
-                            index: call,
-                            id: block["id"].as_str().map(str::to_string),
-                            name: block["name"].as_str().map(str::to_string),
-                            arguments: String::new(),
-                        });
-                    }
-                    Some("text") => {
-                        if let Some(t) = block["text"].as_str().filter(|t| !t.is_empty()) {
-                            events.push(StreamEvent::TextDelta(t.to_string()));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            "content_block_delta" => {
-                let delta = &value["delta"];
-                match delta["type"].as_str() {
-                    Some("text_delta") => {
-                        events.push(StreamEvent::TextDelta(
-                            delta["text"].as_str().unwrap_or("").to_string(),
-                        ));
-                    }
-                    Some("input_json_delta") => {
-                        let call =
-                            self.tool_blocks
-                                .find(value.get("index"), 0)
-                                .ok_or_else(|| LlmError::Malformed {
-                                    detail: "input_json_delta for a block that is not a tool call"
-                                        .into(),
-                                    text: http::shorten(&frame.data, 400),
-                                })?;
-                        events.push(StreamEvent::ToolCallDelta {
-                            index: call,
-                            id: None,
-                            name: None,
-                            arguments: delta["partial_json"].as_str().unwrap_or("").to_string(),
-                        });
-                    }
-                    _ => {} // thinking and signature deltas are not shown
-                }
-            }
+            "content_block_start" => self.block_start(&value, &frame.data),
+            "content_block_delta" => self.block_delta(&value, &frame.data),
             "message_delta" => {
-                if let Some(n) = value["usage"]["output_tokens"].as_u64() {
-                    self.output_tokens = n;
-                }
-                if let Some(reason) = value["delta"]["stop_reason"].as_str() {
-                    self.stop = Some(match reason {
-                        "end_turn" | "stop_sequence" => FinishReason::Stop,
-                        "tool_use" => FinishReason::ToolCalls,
-                        "max_tokens" => FinishReason::Length,
-                        other => FinishReason::Other(other.to_string()),
-                    });
-                }
+                self.message_delta(&value);
+                Ok(Vec::new())
             }
             "message_stop" => {
                 self.done = true;
-                events.push(StreamEvent::Finished {
+                Ok(vec![StreamEvent::Finished {
                     reason: self.stop.take().unwrap_or(FinishReason::Stop),
                     usage: Some(Usage {
                         input_tokens: self.input_tokens,
                         output_tokens: self.output_tokens,
                     }),
-                });
+                }])
             }
-            "error" => {
-                let detail = http::error_detail(&frame.data);
-                let overloaded = value["error"]["type"] == "overloaded_error"
-                    || value["error"]["type"] == "api_error";
-                return Err(if overloaded {
-                    LlmError::Server {
-                        url: "the stream".into(),
-                        status: 529,
-                        detail,
-                    }
-                } else {
-                    LlmError::Rejected {
-                        url: "the stream".into(),
-                        status: 400,
-                        detail,
-                    }
-                });
-            }
-            _ => {} // ping, content_block_stop
+            "error" => Err(stream_error(&value, &frame.data)),
+            _ => Ok(Vec::new()), // ping, content_block_stop
         }
-        Ok(events)
     }
 
     fn end(&mut self) -> Result<Vec<StreamEvent>> {
@@ -280,6 +208,91 @@ impl super::FrameDecoder for EventDecoder {
             Err(LlmError::Truncated {
                 detail: "no message_stop".into(),
             })
+        }
+    }
+}
+
+impl EventDecoder {
+    /// A content block begins: a tool call (its id and name) or text.
+    fn block_start(&mut self, value: &Value, raw: &str) -> Result<Vec<StreamEvent>> {
+        let block = &value["content_block"];
+        Ok(match block["type"].as_str() {
+            Some("tool_use") => {
+                let call = self.tool_blocks.slot(value.get("index"), 0, raw)?;
+                vec![StreamEvent::ToolCallDelta {
+                    index: call,
+                    id: block["id"].as_str().map(str::to_string),
+                    name: block["name"].as_str().map(str::to_string),
+                    arguments: String::new(),
+                }]
+            }
+            Some("text") => block["text"]
+                .as_str()
+                .filter(|t| !t.is_empty())
+                .map(|t| vec![StreamEvent::TextDelta(t.to_string())])
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        })
+    }
+
+    /// A piece of a content block: text, or a tool call's arguments.
+    fn block_delta(&mut self, value: &Value, raw: &str) -> Result<Vec<StreamEvent>> {
+        let delta = &value["delta"];
+        Ok(match delta["type"].as_str() {
+            Some("text_delta") => vec![StreamEvent::TextDelta(
+                delta["text"].as_str().unwrap_or("").to_string(),
+            )],
+            Some("input_json_delta") => {
+                let call = self
+                    .tool_blocks
+                    .find(value.get("index"), 0)
+                    .ok_or_else(|| LlmError::Malformed {
+                        detail: "input_json_delta for a block that is not a tool call".into(),
+                        text: http::shorten(raw, 400),
+                    })?;
+                vec![StreamEvent::ToolCallDelta {
+                    index: call,
+                    id: None,
+                    name: None,
+                    arguments: delta["partial_json"].as_str().unwrap_or("").to_string(),
+                }]
+            }
+            _ => Vec::new(), // thinking and signature deltas are not shown
+        })
+    }
+
+    /// The reply's end is near: its output tokens and why it stops.
+    fn message_delta(&mut self, value: &Value) {
+        if let Some(n) = value["usage"]["output_tokens"].as_u64() {
+            self.output_tokens = n;
+        }
+        if let Some(reason) = value["delta"]["stop_reason"].as_str() {
+            self.stop = Some(match reason {
+                "end_turn" | "stop_sequence" => FinishReason::Stop,
+                "tool_use" => FinishReason::ToolCalls,
+                "max_tokens" => FinishReason::Length,
+                other => FinishReason::Other(other.to_string()),
+            });
+        }
+    }
+}
+
+/// An `error` event: an overloaded server is passing (retried), anything else is not.
+fn stream_error(value: &Value, raw: &str) -> LlmError {
+    let detail = http::error_detail(raw);
+    let overloaded =
+        value["error"]["type"] == "overloaded_error" || value["error"]["type"] == "api_error";
+    if overloaded {
+        LlmError::Server {
+            url: "the stream".into(),
+            status: 529,
+            detail,
+        }
+    } else {
+        LlmError::Rejected {
+            url: "the stream".into(),
+            status: 400,
+            detail,
         }
     }
 }

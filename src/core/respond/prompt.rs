@@ -178,104 +178,140 @@ pub fn to_chat(
     vision: bool,
     offset: usize,
 ) -> Vec<ChatMessage> {
-    let mut out: Vec<ChatMessage> = Vec::new();
-    let mut push = |role: ChatRole, part: Part| match out.last_mut() {
-        Some(last) if last.role == role => last.parts.push(part),
-        _ => out.push(ChatMessage {
-            role,
-            parts: vec![part],
-        }),
-    };
+    let mut chat = Transcript::default();
     let mut i = 0;
     while i < messages.len() {
         let m = &messages[i];
         match (m.role, m.kind) {
             (Role::Assistant, MessageType::Code) => {
-                let language = m.format.clone().unwrap_or_default();
-                // The output that belongs to this block.
-                let mut j = i + 1;
-                let mut output = String::new();
-                let mut images = Vec::new();
-                let mut ran = false;
-                while j < messages.len() && messages[j].role == Role::Computer {
-                    match messages[j].kind {
-                        MessageType::Console => {
-                            ran = true;
-                            output.push_str(&messages[j].content);
-                        }
-                        MessageType::Image => {
-                            ran = true;
-                            images.push(image_part(&messages[j], vision));
-                        }
-                        _ => {}
-                    }
-                    j += 1;
-                }
-                if !ran {
-                    output = "(this code was not run)".into();
-                } else if output.is_empty() {
-                    output = "(no output)".into();
-                }
+                let (result, next) = RecordedResult::after(messages, i + 1, vision);
                 if functions {
-                    let id = format!("call_{}", offset + i);
-                    push(
-                        ChatRole::Assistant,
-                        Part::ToolCall {
-                            id: id.clone(),
-                            name: TOOL_NAME.into(),
-                            arguments: json!({"language": language, "code": m.content}).to_string(),
-                        },
-                    );
-                    let (pictures, notes): (Vec<Part>, Vec<Part>) = images
-                        .into_iter()
-                        .partition(|p| matches!(p, Part::Image { .. }));
-                    for note in notes {
-                        if let Part::Text(t) = note {
-                            output.push('\n');
-                            output.push_str(&t);
-                        }
-                    }
-                    push(
-                        ChatRole::User,
-                        Part::ToolResult {
-                            id,
-                            content: output,
-                            images: pictures,
-                        },
-                    );
+                    chat.tool_call(format!("call_{}", offset + i), m, result);
                 } else {
-                    push(
-                        ChatRole::Assistant,
-                        Part::Text(format!(
-                            "```{language}\n{}\n```",
-                            m.content.trim_end_matches('\n')
-                        )),
-                    );
-                    push(
-                        ChatRole::User,
-                        Part::Text(format!("Code output:\n{output}")),
-                    );
-                    for image in images {
-                        push(ChatRole::User, image);
-                    }
+                    chat.fenced_block(m, result);
                 }
-                i = j;
+                i = next;
                 continue;
             }
             (Role::User, MessageType::Image) | (Role::Computer, MessageType::Image) => {
-                push(ChatRole::User, image_part(m, vision))
+                chat.push(ChatRole::User, image_part(m, vision))
             }
-            (Role::User, _) => push(ChatRole::User, Part::Text(m.content.clone())),
-            (Role::Assistant, _) => push(ChatRole::Assistant, Part::Text(m.content.clone())),
+            (Role::User, _) => chat.push(ChatRole::User, Part::Text(m.content.clone())),
+            (Role::Assistant, _) => chat.push(ChatRole::Assistant, Part::Text(m.content.clone())),
             // Output with no block before it (a block run by the user directly).
-            (Role::Computer, _) => push(
+            (Role::Computer, _) => chat.push(
                 ChatRole::User,
                 Part::Text(format!("Output:\n{}", m.content)),
             ),
         }
         i += 1;
     }
-    out
+    chat.0
+}
+
+/// Chat messages being built: parts of one role in a row make one message.
+#[derive(Default)]
+struct Transcript(Vec<ChatMessage>);
+
+impl Transcript {
+    fn push(&mut self, role: ChatRole, part: Part) {
+        match self.0.last_mut() {
+            Some(last) if last.role == role => last.parts.push(part),
+            _ => self.0.push(ChatMessage {
+                role,
+                parts: vec![part],
+            }),
+        }
+    }
+
+    /// Function mode: the block as an `execute` call, its result as the call's result
+    /// (images as pictures where the model sees them, else as notes in the text).
+    fn tool_call(&mut self, id: String, code: &Message, result: RecordedResult) {
+        let language = code.format.clone().unwrap_or_default();
+        self.push(
+            ChatRole::Assistant,
+            Part::ToolCall {
+                id: id.clone(),
+                name: TOOL_NAME.into(),
+                arguments: json!({"language": language, "code": code.content}).to_string(),
+            },
+        );
+        let (pictures, notes): (Vec<Part>, Vec<Part>) = result
+            .images
+            .into_iter()
+            .partition(|p| matches!(p, Part::Image { .. }));
+        let mut output = result.output;
+        for note in notes {
+            if let Part::Text(t) = note {
+                output.push('\n');
+                output.push_str(&t);
+            }
+        }
+        self.push(
+            ChatRole::User,
+            Part::ToolResult {
+                id,
+                content: output,
+                images: pictures,
+            },
+        );
+    }
+
+    /// Text mode: the block as a fenced block, its output as a user message.
+    fn fenced_block(&mut self, code: &Message, result: RecordedResult) {
+        let language = code.format.as_deref().unwrap_or_default();
+        self.push(
+            ChatRole::Assistant,
+            Part::Text(format!(
+                "```{language}\n{}\n```",
+                code.content.trim_end_matches('\n')
+            )),
+        );
+        self.push(
+            ChatRole::User,
+            Part::Text(format!("Code output:\n{}", result.output)),
+        );
+        for image in result.images {
+            self.push(ChatRole::User, image);
+        }
+    }
+}
+
+/// What a block's computer messages say: its output (or that it did not run, or printed
+/// nothing) and its images.
+struct RecordedResult {
+    output: String,
+    images: Vec<Part>,
+}
+
+impl RecordedResult {
+    /// The computer messages from `start` on; also where they end.
+    fn after(messages: &[Message], start: usize, vision: bool) -> (RecordedResult, usize) {
+        let mut output = String::new();
+        let mut images = Vec::new();
+        let mut ran = false;
+        let mut j = start;
+        while j < messages.len() && messages[j].role == Role::Computer {
+            match messages[j].kind {
+                MessageType::Console => {
+                    ran = true;
+                    output.push_str(&messages[j].content);
+                }
+                MessageType::Image => {
+                    ran = true;
+                    images.push(image_part(&messages[j], vision));
+                }
+                _ => {}
+            }
+            j += 1;
+        }
+        if !ran {
+            output = "(this code was not run)".into();
+        } else if output.is_empty() {
+            output = "(no output)".into();
+        }
+        (RecordedResult { output, images }, j)
+    }
 }
 
 fn image_part(m: &Message, vision: bool) -> Part {

@@ -927,44 +927,10 @@ impl ReplyReader {
     fn finish(&mut self, complete: bool, worker: &Worker) -> Vec<EventMsg> {
         let mut out = Vec::new();
         if self.text_mode && !self.text_block_done {
-            for piece in self.fence.finish() {
-                self.fence_piece(piece, worker, &mut out);
-            }
-            if !complete && self.text_block.is_some() {
-                // An interrupted block is not run.
-                if let Some((format, _, _)) = self.text_block.take() {
-                    out.push(EventMsg::Chunk(Chunk::end(
-                        Role::Assistant,
-                        MessageType::Code,
-                        Some(format),
-                    )));
-                }
-                self.blocks.clear();
-            }
+            self.finish_text_block(complete, worker, &mut out);
         }
         if !self.held.is_empty() {
-            let held = std::mem::take(&mut self.held);
-            match complete.then(|| repair::from_text(&held)).flatten() {
-                Some(Ok(request)) => self.blocks.push(Block {
-                    request,
-                    streamed_as: None,
-                    closed: false,
-                    problem: None,
-                }),
-                Some(Err(problem)) => self.blocks.push(Block {
-                    request: CodeRequest {
-                        language: Some("unknown".into()),
-                        code: held.clone(),
-                    },
-                    streamed_as: None,
-                    closed: false,
-                    problem: Some(problem),
-                }),
-                None => {
-                    self.hold = Some(false);
-                    self.show_prose(&held, &mut out);
-                }
-            }
+            self.finish_held(complete, &mut out);
         }
         self.close_prose(&mut out);
         if !complete {
@@ -981,48 +947,98 @@ impl ReplyReader {
             return out;
         }
         for call in std::mem::take(&mut self.calls) {
-            let parsed = repair::from_tool_call(&call.name, &call.arguments);
-            let block = match parsed {
-                Ok(request) => {
-                    // Finish the live stream with whatever the repair added.
-                    if let Some(format) = &call.streamed_as {
-                        if let Some(rest) = request
-                            .code
-                            .get(call.streamed_len..)
-                            .filter(|r| !r.is_empty())
-                        {
-                            out.push(EventMsg::Chunk(Chunk::content(
-                                Role::Assistant,
-                                MessageType::Code,
-                                Some(format.clone()),
-                                rest,
-                            )));
-                        }
-                    }
-                    Block {
-                        request,
-                        streamed_as: call.streamed_as.clone(),
-                        closed: false,
-                        problem: None,
-                    }
-                }
-                Err(problem) => Block {
-                    request: CodeRequest {
-                        language: Some(if call.name.is_empty() {
-                            "unknown".into()
-                        } else {
-                            call.name.clone()
-                        }),
-                        code: call.arguments.clone(),
-                    },
-                    streamed_as: call.streamed_as.clone(),
-                    closed: false,
-                    problem: Some(problem),
-                },
-            };
+            let block = Self::call_block(call, &mut out);
             self.blocks.push(block);
         }
         out
+    }
+
+    /// Text mode: the fence parser's last pieces; an interrupted block is closed on
+    /// screen and not run.
+    fn finish_text_block(&mut self, complete: bool, worker: &Worker, out: &mut Vec<EventMsg>) {
+        for piece in self.fence.finish() {
+            self.fence_piece(piece, worker, out);
+        }
+        if !complete && self.text_block.is_some() {
+            if let Some((format, _, _)) = self.text_block.take() {
+                out.push(EventMsg::Chunk(Chunk::end(
+                    Role::Assistant,
+                    MessageType::Code,
+                    Some(format),
+                )));
+            }
+            self.blocks.clear();
+        }
+    }
+
+    /// Text held back in case it was a tool call written as text: a block (or a block
+    /// that cannot run, to tell the model) if the reply is complete and it is one, prose
+    /// otherwise.
+    fn finish_held(&mut self, complete: bool, out: &mut Vec<EventMsg>) {
+        let held = std::mem::take(&mut self.held);
+        match complete.then(|| repair::from_text(&held)).flatten() {
+            Some(Ok(request)) => self.blocks.push(Block {
+                request,
+                streamed_as: None,
+                closed: false,
+                problem: None,
+            }),
+            Some(Err(problem)) => self.blocks.push(Block {
+                request: CodeRequest {
+                    language: Some("unknown".into()),
+                    code: held,
+                },
+                streamed_as: None,
+                closed: false,
+                problem: Some(problem),
+            }),
+            None => {
+                self.hold = Some(false);
+                self.show_prose(&held, out);
+            }
+        }
+    }
+
+    /// A complete tool call as a block: repaired where it can be (its live stream
+    /// finished with what the repair added), else a block that tells the model why not.
+    fn call_block(call: Call, out: &mut Vec<EventMsg>) -> Block {
+        match repair::from_tool_call(&call.name, &call.arguments) {
+            Ok(request) => {
+                if let Some(format) = &call.streamed_as {
+                    if let Some(rest) = request
+                        .code
+                        .get(call.streamed_len..)
+                        .filter(|r| !r.is_empty())
+                    {
+                        out.push(EventMsg::Chunk(Chunk::content(
+                            Role::Assistant,
+                            MessageType::Code,
+                            Some(format.clone()),
+                            rest,
+                        )));
+                    }
+                }
+                Block {
+                    request,
+                    streamed_as: call.streamed_as,
+                    closed: false,
+                    problem: None,
+                }
+            }
+            Err(problem) => Block {
+                request: CodeRequest {
+                    language: Some(if call.name.is_empty() {
+                        "unknown".into()
+                    } else {
+                        call.name.clone()
+                    }),
+                    code: call.arguments,
+                },
+                streamed_as: call.streamed_as,
+                closed: false,
+                problem: Some(problem),
+            },
+        }
     }
 
     fn prose_message(&self) -> Option<Message> {
