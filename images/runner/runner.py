@@ -13,10 +13,10 @@ kernel on a control socket (out of band); the runner believes only what the kern
 process itself wrote there (its pid, from SCM_CREDENTIALS) for the block that runs.
 
 Threads: the main thread runs one block at a time (a Block: select over its kernel's
-pipes and control socket); a stdin thread reads requests and acts on interrupt/kill
-at once, so an interrupt works even while the main thread is blocked writing a flood of
-output to the host. End of stdin, `shutdown` or a broken stdout stop every kernel and
-end the runner at once, mid-block too.
+pipes and control socket); a stdin thread reads requests and acts on ping, interrupt
+and kill at once, so they work even while the main thread is blocked writing a flood of
+output to the host, and never waits for output itself. End of stdin, `shutdown` or a
+broken stdout stop every kernel and end the runner at once, mid-block too.
 
 Layout: output (FrameWriter), processes, control channels (Control), kernels (one
 interface for Python, shell and file-run languages), requests, one block (Block), the
@@ -75,19 +75,46 @@ def encode(frame):
 
 
 class FrameWriter:
-    """The runner's stdout: one frame a line, never two interleaved, from any thread.
+    """The runner's stdout: one frame a line, never two interleaved.
+
     A block's frames are written in order by the main thread, which waits while the
-    host is slow to read (that is the back-pressure on a flood of output)."""
+    host is slow to read (that is the back-pressure on a flood of output). Frames that
+    answer a request (`pong`, errors about a request) must never wait behind that, and
+    the thread that reads requests must never block on output, or an `interrupt` sent
+    after a `ping` would wait for the flood too: `send_now` queues the frame and writes
+    it at once if the stream is free; if not, the thread writing releases the stream
+    only after it has written what was queued, so the answer goes out right after the
+    frame being written."""
 
     def __init__(self, stream, broken):
         self.stream = stream
         self.broken = broken  # called once the host is gone
         self.lock = threading.Lock()
+        self.urgent = collections.deque()
 
     def send(self, frame):
         data = encode(frame)
         with self.lock:
             self._write(data)
+            self._write_urgent()
+        self._flush_urgent()
+
+    def send_now(self, frame):
+        self.urgent.append(encode(frame))
+        self._flush_urgent()
+
+    def _flush_urgent(self):
+        # Whoever fails to take the lock leaves the frames to the thread holding it,
+        # which looks again after releasing it: none is left behind.
+        while self.urgent and self.lock.acquire(blocking=False):
+            try:
+                self._write_urgent()
+            finally:
+                self.lock.release()
+
+    def _write_urgent(self):
+        while self.urgent:
+            self._write(self.urgent.popleft())
 
     def _write(self, data):
         try:
@@ -1162,7 +1189,7 @@ class Runner:
                 self.refuse(None, "oi runner error: %r" % (exc,))
 
     def refuse(self, rid, message):
-        self.out.send({"type": "error", "id": rid, "message": message})
+        self.out.send_now({"type": "error", "id": rid, "message": message})
 
     def take_request(self, req):
         op = req["op"]
@@ -1173,7 +1200,7 @@ class Runner:
         if op in ("interrupt", "kill"):
             self.stop_block(req["id"], op)
         elif op == "ping":
-            self.out.send({"type": "pong", "id": req["id"]})
+            self.out.send_now({"type": "pong", "id": req["id"]})
         elif op == "shutdown":
             self.abandon("asked to shut down")
         else:
