@@ -823,8 +823,21 @@ def parse_request(line):
     return req
 
 
+def version_problem(req):
+    """Why a request's protocol version `v` is not this runner's, or None."""
+    v = req.get("v")
+    if _is_int(v) and v == PROTOCOL:
+        return None
+    if "v" not in req:
+        return "the request has no protocol version `v` (this runner speaks version %d)" % PROTOCOL
+    return "the request is for protocol version %s, this runner speaks version %d" % (json.dumps(v)[:40], PROTOCOL)
+
+
 def exec_problem(req):
     """Why an exec request cannot run, or None."""
+    version = version_problem(req)
+    if version is not None:
+        return version
     lang, code = req.get("lang"), req.get("code")
     if not isinstance(code, str):
         return "`code` must be a string"
@@ -1197,7 +1210,10 @@ class Runner:
             # Checked when it runs, so that its refusal is its `done`, in order.
             self.queue.put(req)
             return
-        if op in ("interrupt", "kill"):
+        problem = version_problem(req)
+        if problem is not None:
+            self.refuse(_request_id(req), "oi runner refused the %s request: %s" % (op[:64], problem))
+        elif op in ("interrupt", "kill"):
             self.stop_block(req["id"], op)
         elif op == "ping":
             self.out.send_now({"type": "pong", "id": req["id"]})
