@@ -1,13 +1,14 @@
 """oi's Python kernel: a long-lived interpreter that runs blocks like notebook cells.
 
 Started by the runner with one end of a socket pair, its channel: it reads one JSON
-request per line from it and reports there ("ready", "image", "line", "done"), each
-message carrying the block number of its request so that the runner can tell them
-apart. User code's stdout and stderr are this process's own, which the runner reads;
-stdin is /dev/null. The channel is closed in every child (non-inheritable, and closed
-after `os.fork`), and the kernel is non-dumpable, so that processes a block leaves
-behind cannot use it; code running inside this process can of course say what it likes
-about its own blocks (docs/protocol.md).
+request per line from it and reports there ("ready", "start", "image", "line", "done"),
+each message carrying the block number of its request so that the runner can tell them
+apart ("start": the block's code runs now, and an interrupt stops it). User code's
+stdout and stderr are this process's own, which the runner reads; stdin is /dev/null.
+The channel is closed in every child (non-inheritable, and closed after `os.fork`), and
+the kernel is non-dumpable, so that processes a block leaves behind cannot use it; code
+running inside this process can of course say what it likes about its own blocks
+(docs/protocol.md).
 
 Semantics: state persists across blocks; the value of a trailing expression is shown as
 a REPL would; errors print a traceback. IPython syntax (`!cmd`, `%magic`, `x = !cmd`,
@@ -38,7 +39,7 @@ MAX_IMAGE_BYTES = 32 * 1024 * 1024
 _chan = None  # the socket to the runner, in the kernel process only
 _chan_lock = threading.Lock()  # one message at a time, whichever thread reports
 _block = 0  # the number of the request being run
-_running = False
+_running = False  # a block runs: SIGINT interrupts it
 _cell = 0
 _shell = None  # IPython's InteractiveShell, once a block needed it
 _stdout_raw = None  # counts what the block writes to stdout
@@ -306,7 +307,8 @@ def _restore_std(saved):
 
 
 def _on_sigint(signum, frame):
-    # Only user code is interruptible; an interrupt arriving between blocks is dropped.
+    # Only user code is interruptible; an interrupt arriving between blocks is dropped
+    # (the runner sends one only after the block's "start").
     if _running:
         raise KeyboardInterrupt
 
@@ -376,6 +378,9 @@ def main(chan_fd):
             _stdout_raw.count = 0
         try:
             _running = True
+            # From here an interrupt stops this block: the runner waits for this
+            # message before it sends one.
+            _report({"t": "start"})
             if _shell is None and _IPYTHON_SYNTAX.search(code):
                 try:
                     _load_ipython(ns)

@@ -15,8 +15,9 @@ process itself wrote there (its pid, from SCM_CREDENTIALS) for the block that ru
 Threads: the main thread runs one block at a time (a Block: select over its kernel's
 pipes and control socket); a stdin thread reads requests and acts on ping, interrupt
 and kill at once, so they work even while the main thread is blocked writing a flood of
-output to the host, and never waits for output itself. End of stdin, `shutdown` or a
-broken stdout stop every kernel and end the runner at once, mid-block too.
+output to the host, and never waits for output itself. An interrupt or kill for a block
+that has not started yet is kept until it does. End of stdin, `shutdown` or a broken
+stdout stop every kernel and end the runner at once, mid-block too.
 
 Layout: output (FrameWriter), processes, control channels (Control), kernels (one
 interface for Python, shell and file-run languages), requests, one block (Block), the
@@ -382,10 +383,11 @@ class Kernel:
     Runner and a Block use only this interface and never ask which kernel they have.
 
     A kernel reports in messages, dicts with a kind `t`: "ready" (it takes blocks),
-    "line" and "image" (placed in the output by `out`), "notice", "done" (the block is
-    over, with `status` and maybe `exit_code` and `message`) and "eof" (the control
-    socket closed). They come from its control socket (`parse_ctl`) or from handing a
-    block over (`submit`)."""
+    "start" (the block's code runs now, so an interrupt reaches it: one that came
+    earlier waits for this), "line" and "image" (placed in the output by `out`),
+    "notice", "done" (the block is over, with `status` and maybe `exit_code` and
+    `message`) and "eof" (the control socket closed). They come from its control socket
+    (`parse_ctl`), from handing a block over (`submit`) or from `poll`."""
 
     def __init__(self, lang, wake):
         self.lang = lang
@@ -601,8 +603,8 @@ class PythonKernel(Interpreter):
         kind = msg.get("t")
         out = msg.get("out")
         out = out if _is_int(out) and out >= 0 else 0
-        if kind == "ready":
-            return {"t": "ready"}
+        if kind in ("ready", "start"):
+            return {"t": kind}
         if kind == "done":
             status = msg.get("status")
             return {"t": "done", "status": status if status in ("ok", "error", "interrupted") else "error"}
@@ -650,8 +652,10 @@ def bash_quote(code):
 class ShellKernel(Interpreter):
     """An interactive bash fed one line per block on a socket (its stdin). Interactive
     mode is what makes an interrupt abort the whole block (even a loop of builtins) and
-    return to the prompt with the shell's state intact; before each prompt, oi_bashrc's
-    read-only hook reports `<status> <command number>` on the control socket.
+    return to the prompt with the shell's state intact. The line first calls oi_bashrc's
+    read-only `__oi_start`, which reports `start <command number>` once bash has read
+    and parsed the whole line (an interrupt before that would cut the line in two);
+    before each prompt, its read-only hook reports `<status> <command number>`.
 
     A block that disables the hook anyway (an extdebug DEBUG trap, a function named
     `builtin`, closed descriptors) must not hang the session: after the block's line has
@@ -679,9 +683,10 @@ class ShellKernel(Interpreter):
 
     @staticmethod
     def _report(line):
+        """(status, number) of a report line, ("start", number) of a start line, or None."""
         try:
-            status, number = line.split()
-            return int(status), int(number)
+            first, number = line.split()
+            return (first.decode() if first == b"start" else int(first)), int(number)
         except ValueError:
             return None
 
@@ -691,13 +696,19 @@ class ShellKernel(Interpreter):
             return None
         code, number = report
         if self.number is None:
+            if code == "start":
+                return None
             self.number = number
             return {"t": "ready"}
         if number <= self.number:
             return None  # a prompt redrawn without a block (a late interrupt, the probe)
+        if code == "start":
+            return {"t": "start"}
         self.number = number
         self.probe = None
-        if code >= 128 and self.interrupted:
+        if self.interrupted:
+            # Whatever the status: an interrupt that came just after `__oi_start` can
+            # abort the line before it changed `$?`.
             return {"t": "done", "status": "interrupted", "exit_code": code}
         return {"t": "done", "status": "ok" if code == 0 else "error", "exit_code": code}
 
@@ -705,12 +716,12 @@ class ShellKernel(Interpreter):
         """Reports that came while no block ran belong to none: forget them."""
         for line in self.ctl.read():
             report = self._report(line) if isinstance(line, bytes) else None
-            if report is not None:
+            if report is not None and report[0] != "start":
                 self.number = max(self.number, report[1])
 
     def submit(self, req):
         self.discard_stale()
-        line = "eval %s </dev/null %d>&-\n" % (bash_quote(req["code"]), self.ctl_fd)
+        line = "\\__oi_start; eval %s </dev/null %d>&-\n" % (bash_quote(req["code"]), self.ctl_fd)
         self.probe = "line"
         return self._hand_over(self.commands, line.encode("utf-8", "replace"))
 
@@ -720,6 +731,8 @@ class ShellKernel(Interpreter):
     def poll(self):
         if self.probe is None:
             return None
+        if self.interrupted:
+            self.stop_leftovers()
         try:
             if unread_bytes(self.commands):
                 return None
@@ -736,6 +749,13 @@ class ShellKernel(Interpreter):
             "DEBUG trap with extdebug, a function named `builtin`, closed descriptors); a new shell starts "
             "with the next block"
         )
+
+    def end(self):
+        # bash may have started a command just as the interrupt came, after the session
+        # was swept: it then waits for that command, or leaves it running and reports
+        # the block over, before it reads the next block's line.
+        if self.interrupted:
+            self.stop_leftovers()
 
     def close(self):
         super().close()
@@ -773,7 +793,7 @@ class FileKernel(Kernel):
             self._spawn(["sh", "-c", command], stdin=subprocess.DEVNULL)
         except OSError as exc:
             return [{"t": "done", "status": "error", "message": "could not start the %s block: %s" % (self.lang, exc)}]
-        return []
+        return [{"t": "start"}]
 
     def exit_outcome(self):
         code = self.proc.returncode
@@ -858,6 +878,9 @@ def exec_problem(req):
 # ---------------------------------------------------------------------------
 # One block
 
+NOT_RUN = "the block was stopped before it started: none of it ran"
+
+
 def _positioned(msg):
     return msg.get("t") in ("image", "line")
 
@@ -873,7 +896,13 @@ class Block:
     Control messages not acted on yet wait in `pending`. An image or active-line
     message carries `out`, how many bytes of stdout the block had written before it: it
     is sent once that much stdout has been, so it keeps its place in the output even when
-    the runner reads both pipes late."""
+    the runner reads both pipes late.
+
+    The host may interrupt or kill the block at any time, from the stdin thread
+    (`request_stop`, under the runner's lock). A block stopped before its code was
+    handed over does not run. After that, a kill acts at once; an interrupt waits for
+    the kernel's "start": a SIGINT that reached the interpreter before it ran the code
+    would be lost (Python ignores one between blocks) or cut the shell's line in two."""
 
     def __init__(self, runner, req):
         self.runner = runner
@@ -888,7 +917,10 @@ class Block:
         self.pending = collections.deque()
         self.sent_out = 0
         self.ctl_closed = False
+        # Shared with the stdin thread (changed under the runner's lock).
+        self.stop = None  # "interrupt" or "kill", once the host asked for it
         self.submitted = False
+        self.started = False
         self.ended = False
 
     # -- running
@@ -910,6 +942,9 @@ class Block:
         if problem is not None:
             self.finish({"status": "error", "message": "oi runner refused the block: %s" % problem})
             return False
+        if self.stop is not None:
+            self.finish({"status": "interrupted", "message": NOT_RUN})
+            return False
         self.kernel, notice = self.runner.kernel(self.req["lang"])
         if notice:
             self.out.send({"type": "notice", "id": self.rid, "message": notice})
@@ -927,7 +962,11 @@ class Block:
         self.sel.register(self.runner.wake_r, selectors.EVENT_READ, "wake")
 
     def submit(self):
-        self.submitted = True
+        with self.runner.lock:
+            self.submitted = self.stop is None
+        if not self.submitted:
+            self.finish({"status": "interrupted", "message": NOT_RUN})
+            return
         self.pending.extend(self.kernel.submit(self.req))
 
     def step(self):
@@ -953,7 +992,10 @@ class Block:
                 self.handle_ctl()
             if self.ended:
                 return
-        self.check_kernel()
+        if not self.submitted and self.stop is not None:
+            self.finish({"status": "interrupted", "message": NOT_RUN})
+        else:
+            self.check_kernel()
 
     def check_kernel(self):
         kernel = self.kernel
@@ -977,6 +1019,29 @@ class Block:
                 self.handle_ctl()
                 if not self.ended:
                     self.stop_kernel(unreported)
+
+    # -- stopping
+    def request_stop(self, op):
+        """The host asked to interrupt or kill this block (stdin thread, runner lock held)."""
+        if self.ended:
+            return
+        if self.stop != "kill":
+            self.stop = op
+        if self.started or (op == "kill" and self.submitted):
+            self.deliver(op)
+        self.runner.wake()
+
+    def deliver(self, op):
+        if op == "kill":
+            self.kernel.kill()
+        else:
+            self.kernel.interrupt()
+
+    def on_start(self):
+        with self.runner.lock:
+            self.started = True
+            if self.stop is not None:
+                self.deliver(self.stop)
 
     # -- output
     def send_output(self, name, text):
@@ -1095,6 +1160,8 @@ class Block:
             self.kernel.ready = True
             if not self.submitted:
                 self.submit()
+        elif kind == "start" and self.submitted:
+            self.on_start()
         elif kind == "done" and self.submitted:
             self.drain()
             while self.pending:
@@ -1121,8 +1188,11 @@ class Block:
                 )
         frame = {k: fields.get(k) for k in ("status", "exit_code", "message") if fields.get(k) is not None}
         frame.update({"type": "done", "id": self.rid})
+        # Ended before the host can know it: an interrupt or kill that comes after
+        # this `done` is late and must not reach the interpreter.
+        with self.runner.lock:
+            self.ended = True
         self.out.send(frame)
-        self.ended = True
 
     def stop_kernel(self, message):
         """Ends the block as crashed and the kernel with it (the next block starts a new
@@ -1160,7 +1230,12 @@ class Runner:
     """Serves the host's requests. A stdin thread reads them and acts at once on those
     that cannot wait (`ping`, `interrupt`, `kill`, `shutdown`), so that they work while
     the main thread is busy or blocked writing a flood of output; the main thread runs
-    the `exec`s one at a time, in order."""
+    the `exec`s one at a time, in order.
+
+    An `interrupt` or `kill` can arrive before its block started (the host sends it as
+    soon as it likes: Ctrl-C at once, a tiny timeout): it is kept in `early` while that
+    block waits in the queue and handed to the block when it starts. One for a block
+    that is over, or was never asked for, is dropped."""
 
     def __init__(self, requests, frames, exit=os._exit):
         self.requests = requests  # the host's requests, a binary stream
@@ -1173,6 +1248,8 @@ class Runner:
         self.kernels = {}  # lang -> Kernel
         self.lock = threading.Lock()  # guards what follows (stdin and main thread)
         self.block = None  # the running Block
+        self.queued = set()  # ids of execs read but not started yet
+        self.early = {}  # id of a queued exec -> "interrupt" or "kill"
 
     def wake(self):
         """Wakes the main thread from its wait on the running block's pipes."""
@@ -1208,6 +1285,8 @@ class Runner:
         op = req["op"]
         if op == "exec":
             # Checked when it runs, so that its refusal is its `done`, in order.
+            with self.lock:
+                self.queued.add(req["id"])
             self.queue.put(req)
             return
         problem = version_problem(req)
@@ -1225,12 +1304,10 @@ class Runner:
     def stop_block(self, rid, op):
         with self.lock:
             block = self.block
-        if block is not None and block.rid == rid and block.kernel is not None:
-            if op == "kill":
-                block.kernel.kill()
-            else:
-                block.kernel.interrupt()
-            self.wake()
+            if block is not None and block.rid == rid:
+                block.request_stop(op)
+            elif rid in self.queued and self.early.get(rid) != "kill":
+                self.early[rid] = op
 
     def stop_all(self):
         """Kills every kernel and what it started (any thread; for abandon)."""
@@ -1291,7 +1368,11 @@ class Runner:
     def execute(self, req):
         block = Block(self, req)
         with self.lock:
+            self.queued.discard(block.rid)
             self.block = block
+            early = self.early.pop(block.rid, None)
+            if early is not None:
+                block.request_stop(early)
         try:
             block.run()
         except Exception as exc:  # the runner must outlive any one block
