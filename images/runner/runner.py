@@ -744,6 +744,12 @@ class ShellKernel(Interpreter):
                 return None
         except OSError:
             return None
+        try:
+            # Its stdin closes first when bash exits (`exit`): then the exit ends the block.
+            self.proc.wait(timeout=0.1)
+            return None
+        except subprocess.TimeoutExpired:
+            pass
         return (
             "the block changed the shell so that it no longer reports the end of blocks (for example a "
             "DEBUG trap with extdebug, a function named `builtin`, closed descriptors); a new shell starts "
