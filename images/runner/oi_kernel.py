@@ -1,13 +1,14 @@
 """oi's Python kernel: a long-lived interpreter that runs blocks like notebook cells.
 
 Started by the runner with one end of a socket pair, its channel: it reads one JSON
-request per line from it and reports there ("ready", "image", "line", "done"), each
-message carrying the block number of its request so that the runner can tell them
-apart. User code's stdout and stderr are this process's own, which the runner reads;
-stdin is /dev/null. The channel is closed in every child (non-inheritable, and closed
-after `os.fork`), and the kernel is non-dumpable, so that processes a block leaves
-behind cannot use it; code running inside this process can of course say what it likes
-about its own blocks (docs/protocol.md).
+request per line from it and reports there ("ready", "start", "image", "line", "done"),
+each message carrying the block number of its request so that the runner can tell them
+apart ("start": the block's code runs now, and an interrupt stops it). User code's
+stdout and stderr are this process's own, which the runner reads; stdin is /dev/null.
+The channel is closed in every child (non-inheritable, and closed after `os.fork`), and
+the kernel is non-dumpable, so that processes a block leaves behind cannot use it; code
+running inside this process can of course say what it likes about its own blocks
+(docs/protocol.md).
 
 Semantics: state persists across blocks; the value of a trailing expression is shown as
 a REPL would; errors print a traceback. IPython syntax (`!cmd`, `%magic`, `x = !cmd`,
@@ -38,7 +39,9 @@ MAX_IMAGE_BYTES = 32 * 1024 * 1024
 _chan = None  # the socket to the runner, in the kernel process only
 _chan_lock = threading.Lock()  # one message at a time, whichever thread reports
 _block = 0  # the number of the request being run
-_running = False
+_running = False  # a block runs: SIGINT interrupts it
+_reporting = False  # the main thread is writing a message: an interrupt waits for its end
+_deferred = False  # an interrupt came while it was
 _cell = 0
 _shell = None  # IPython's InteractiveShell, once a block needed it
 _stdout_raw = None  # counts what the block writes to stdout
@@ -50,16 +53,31 @@ _IPYTHON_SYNTAX = re.compile(
 
 
 def _report(msg):
+    """Sends a message to the runner, whole: a KeyboardInterrupt in the middle of one
+    (an image is megabytes) would leave half a line that swallows the next, the block's
+    "done" included. An interrupt of the main thread while it reports is raised after."""
+    global _reporting, _deferred
     if _chan is None:
         return
-    _flush_std()
-    # How much stdout the block wrote before this message: the runner uses it to keep
-    # images and active lines in their place in the output.
-    msg["out"] = _stdout_raw.count if _stdout_raw is not None else 0
-    msg["block"] = _block
-    data = json.dumps(msg).encode() + b"\n"
-    with _chan_lock:
-        _chan.sendall(data)
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        _reporting = True
+    try:
+        _flush_std()
+        # How much stdout the block wrote before this message: the runner uses it to
+        # keep images and active lines in their place in the output.
+        msg["out"] = _stdout_raw.count if _stdout_raw is not None else 0
+        msg["block"] = _block
+        data = json.dumps(msg).encode() + b"\n"
+        with _chan_lock:
+            _chan.sendall(data)
+    finally:
+        if main:
+            _reporting = False
+    if main and _deferred:
+        _deferred = False
+        if _running:
+            raise KeyboardInterrupt
 
 
 def _flush_std():
@@ -306,9 +324,14 @@ def _restore_std(saved):
 
 
 def _on_sigint(signum, frame):
-    # Only user code is interruptible; an interrupt arriving between blocks is dropped.
+    # Only user code is interruptible; an interrupt arriving between blocks is dropped
+    # (the runner sends one only after the block's "start").
+    global _deferred
     if _running:
-        raise KeyboardInterrupt
+        if _reporting:
+            _deferred = True
+        else:
+            raise KeyboardInterrupt
 
 
 def _reap_children():
@@ -345,7 +368,7 @@ def _open_channel(fd):
 
 
 def main(chan_fd):
-    global _block, _running
+    global _block, _running, _deferred
     commands = _open_channel(chan_fd)
     signal.signal(signal.SIGINT, _on_sigint)
 
@@ -374,8 +397,12 @@ def main(chan_fd):
         _flush_std()
         if _stdout_raw is not None:
             _stdout_raw.count = 0
+        _deferred = False
         try:
             _running = True
+            # From here an interrupt stops this block: the runner waits for this
+            # message before it sends one.
+            _report({"t": "start"})
             if _shell is None and _IPYTHON_SYNTAX.search(code):
                 try:
                     _load_ipython(ns)

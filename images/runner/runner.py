@@ -12,11 +12,16 @@ neither open its descriptors through /proc nor ptrace it. Completion comes from 
 kernel on a control socket (out of band); the runner believes only what the kernel
 process itself wrote there (its pid, from SCM_CREDENTIALS) for the block that runs.
 
-Threads: the main thread runs one block at a time (select over the kernel's pipes);
-a stdin thread reads requests and acts on interrupt/kill at once, so an interrupt
-works even while the main thread is blocked writing a flood of output to the host.
-End of stdin, `shutdown` or a broken stdout stop every kernel and end the runner at
-once, mid-block too.
+Threads: the main thread runs one block at a time (a Block: select over its kernel's
+pipes and control socket); a stdin thread reads requests and acts on ping, interrupt
+and kill at once, so they work even while the main thread is blocked writing a flood of
+output to the host, and never waits for output itself. An interrupt or kill for a block
+that has not started yet is kept until it does. End of stdin, `shutdown` or a broken
+stdout stop every kernel and end the runner at once, mid-block too.
+
+Layout: output (FrameWriter), processes, control channels (Control), kernels (one
+interface for Python, shell and file-run languages), requests, one block (Block), the
+runner (Runner), main.
 
 Left to others: deciding timeouts (the host sends interrupt, then kill), rendering,
 and sandboxing itself (the container around this process; oi_guard only adds what a
@@ -66,20 +71,59 @@ LANGUAGE_NAME = re.compile(r"[^\x00-\x20\x7f]{1,64}\Z")
 MAX_COMMAND = 8 * 1024
 MAX_ID = 2**64 - 1
 
-_out = sys.stdout.buffer
-_out_lock = threading.Lock()
-_runner = None  # the Runner, for abandon()
+def encode(frame):
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace") + b"\n"
 
 
-def send(frame):
-    data = json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
-    with _out_lock:
+class FrameWriter:
+    """The runner's stdout: one frame a line, never two interleaved.
+
+    A block's frames are written in order by the main thread, which waits while the
+    host is slow to read (that is the back-pressure on a flood of output). Frames that
+    answer a request (`pong`, errors about a request) must never wait behind that, and
+    the thread that reads requests must never block on output, or an `interrupt` sent
+    after a `ping` would wait for the flood too: `send_now` queues the frame and writes
+    it at once if the stream is free; if not, the thread writing releases the stream
+    only after it has written what was queued, so the answer goes out right after the
+    frame being written."""
+
+    def __init__(self, stream, broken):
+        self.stream = stream
+        self.broken = broken  # called once the host is gone
+        self.lock = threading.Lock()
+        self.urgent = collections.deque()
+
+    def send(self, frame):
+        data = encode(frame)
+        with self.lock:
+            self._write(data)
+            self._write_urgent()
+        self._flush_urgent()
+
+    def send_now(self, frame):
+        self.urgent.append(encode(frame))
+        self._flush_urgent()
+
+    def _flush_urgent(self):
+        # Whoever fails to take the lock leaves the frames to the thread holding it,
+        # which looks again after releasing it: none is left behind.
+        while self.urgent and self.lock.acquire(blocking=False):
+            try:
+                self._write_urgent()
+            finally:
+                self.lock.release()
+
+    def _write_urgent(self):
+        while self.urgent:
+            self._write(self.urgent.popleft())
+
+    def _write(self, data):
         try:
-            _out.write(data + b"\n")
-            _out.flush()
+            self.stream.write(data)
+            self.stream.flush()
         except (OSError, ValueError):
             # The host is gone: nobody will read another frame.
-            abandon("its stdout was closed", 1)
+            self.broken()
 
 
 def log(message):
@@ -89,15 +133,6 @@ def log(message):
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
-
-
-def abandon(why, code=0):
-    """Stops every kernel and everything they started, and ends the runner now, from any
-    thread, whatever the main thread is doing."""
-    log("exiting: %s" % why)
-    if _runner is not None:
-        _runner.stop_all()
-    os._exit(code)
 
 
 # ---------------------------------------------------------------------------
@@ -343,24 +378,71 @@ def sender(ancillary):
 
 
 class Kernel:
-    """A child process that runs blocks. Subclasses say how code is handed over and how
-    the control socket reports readiness, images and completion."""
+    """What runs the blocks of one language. Python and shell keep one interpreter
+    alive across blocks; a file-run language starts a process per block. Either way the
+    Runner and a Block use only this interface and never ask which kernel they have.
 
-    lang = "?"
-    stateful = True
+    A kernel reports in messages, dicts with a kind `t`: "ready" (it takes blocks),
+    "start" (the block's code runs now, so an interrupt reaches it: one that came
+    earlier waits for this), "line" and "image" (placed in the output by `out`),
+    "notice", "done" (the block is over, with `status` and maybe `exit_code` and
+    `message`) and "eof" (the control socket closed). They come from its control socket
+    (`parse_ctl`), from handing a block over (`submit`) or from `poll`."""
 
-    def __init__(self, wake):
-        self.wake = wake
+    def __init__(self, lang, wake):
+        self.lang = lang
+        self.wake = wake  # written when the process exits, to wake the main thread
         self.proc = None
-        self.ctl = None
+        self.ctl = None  # the Control of its control socket, if it has one
         self.ready = False
-        self.kill_requested = False
+        # How the host stopped the running block (set from the stdin thread).
         self.interrupted = False
+        self.kill_requested = False
         # Why the runner stopped it, for the notice of the block that replaces it.
         self.stopped_why = None
 
     # -- lifecycle
-    def _spawn(self, argv, stdin, extra_env=None, pass_fds=(), cwd=None):
+    def start(self):
+        """Starts the interpreter; it says "ready" when it takes blocks."""
+        raise NotImplementedError
+
+    def usable(self):
+        """Whether the next block can run here, with the state the last one left."""
+        return self.stopped_why is None and self.running()
+
+    def why_replaced(self):
+        """Why a kernel that is no longer usable is replaced (for a notice)."""
+        return self.stopped_why or describe_exit(self.lang, self.proc.returncode if self.proc else None)
+
+    def begin(self):
+        """A block is about to be handed over: forget how the last one was stopped."""
+        self.interrupted = False
+        self.kill_requested = False
+
+    def submit(self, req):
+        """Hands the block's code over; returns the messages to act on at once."""
+        raise NotImplementedError
+
+    def end(self):
+        """The block is over and its `done` sent."""
+
+    def close(self):
+        if self.proc is not None:
+            self.terminate()
+            try:
+                self.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
+            for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+                if f is not None:
+                    try:
+                        f.close()
+                    except OSError:
+                        pass
+        if self.ctl is not None:
+            self.ctl.close()
+
+    def _spawn(self, argv, stdin, extra_env=None, pass_fds=()):
         env = dict(os.environ)
         env.update(extra_env or {})
         OomScore.set(b"1000")
@@ -372,7 +454,6 @@ class Kernel:
                 stderr=subprocess.PIPE,
                 pass_fds=pass_fds,
                 env=env,
-                cwd=cwd,
                 start_new_session=True,
                 preexec_fn=_child_setup,
             )
@@ -382,23 +463,48 @@ class Kernel:
             os.set_blocking(f.fileno(), False)
         if self.ctl is not None:
             self.ctl.pid = self.proc.pid
-        threading.Thread(target=self._watch, daemon=True).start()
+        threading.Thread(target=self._watch, args=(self.proc,), daemon=True).start()
 
-    def _watch(self):
-        self.proc.wait()
+    def _watch(self, proc):
+        proc.wait()
         try:
             os.write(self.wake, b"x")
         except OSError:
             pass
 
-    def alive(self):
+    # -- the running block
+    def running(self):
         return self.proc is not None and self.proc.poll() is None
 
+    def exited(self):
+        """Whether the process that runs the block is gone."""
+        return self.proc is not None and self.proc.poll() is not None
+
+    def exit_outcome(self):
+        """How the block ended, its process having exited without saying "done"."""
+        raise NotImplementedError
+
     def out_fds(self):
+        if self.proc is None:
+            return []
         return [self.proc.stdout.fileno(), self.proc.stderr.fileno()]
 
+    def parse_ctl(self, line):
+        """A control line as a message, or None to ignore it."""
+        return None
+
+    def poll_interval(self):
+        """How often the running block wants `poll` called (None: never)."""
+        return None
+
+    def poll(self):
+        """Why the block is over although the kernel did not say so (the kernel is then
+        stopped), or None."""
+        return None
+
+    # -- stopping (any thread)
     def interrupt(self):
-        if not self.alive():
+        if not self.running():
             return
         self.interrupted = True
         pid = self.proc.pid
@@ -417,7 +523,7 @@ class Kernel:
         self.terminate()
 
     def terminate(self):
-        """SIGKILL to the interpreter and its session; safe from any thread."""
+        """SIGKILL to the interpreter and its session."""
         if self.proc is None:
             return
         kill_session(self.proc.pid)
@@ -426,42 +532,41 @@ class Kernel:
         except OSError:
             pass
 
-    def close(self):
-        if self.proc is not None:
+    def stop_leftovers(self):
+        """Stops every process of the kernel's session but the kernel itself; returns
+        how many there were."""
+        if self.proc is None:
+            return 0
+        pid = self.proc.pid
+        strays = [p for p in session_members(pid) if p != pid]
+        if strays:
+            kill_session(pid, spare=(pid,))
+        return len(strays)
+
+
+class Interpreter(Kernel):
+    """A kernel that keeps one interpreter, and its state, across blocks: the end of a
+    block comes on its control socket, and the interpreter exiting is a crash."""
+
+    def exit_outcome(self):
+        code = self.proc.returncode
+        if self.kill_requested:
+            message = "the %s interpreter did not stop on interrupt and was restarted: its state was lost"
+            return {"status": "interrupted", "message": message % self.lang}
+        message = "%s; the next block starts a new one (state was lost)" % describe_exit(self.lang, code)
+        return {"status": "crashed", "exit_code": code if code >= 0 else None, "message": message}
+
+    def _hand_over(self, sock, data):
+        try:
+            sock.sendall(data)
+        except OSError as exc:
+            # An interpreter that cannot take its block is useless: its exit ends the block.
+            log("handing a block to the %s interpreter failed: %r" % (self.lang, exc))
             self.terminate()
-            try:
-                self.proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                pass
-            for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-                if f is not None:
-                    try:
-                        f.close()
-                    except OSError:
-                        pass
-        if self.ctl is not None:
-            self.ctl.close()
-
-    # -- the block protocol
-    def parse_ctl(self, line):
-        """A control line as a message dict, or None to ignore it."""
-        raise NotImplementedError
-
-    def submit(self, req):
-        raise NotImplementedError
-
-    def poll_interval(self):
-        """How often the running block wants `poll` called (None: never)."""
-        return None
-
-    def poll(self):
-        """True when the kernel is known to have ended the block without reporting."""
-        return False
+        return []
 
 
-class PythonKernel(Kernel):
-    lang = "python"
-
+class PythonKernel(Interpreter):
     def start(self):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.chan = ours
@@ -498,8 +603,8 @@ class PythonKernel(Kernel):
         kind = msg.get("t")
         out = msg.get("out")
         out = out if _is_int(out) and out >= 0 else 0
-        if kind == "ready":
-            return {"t": "ready"}
+        if kind in ("ready", "start"):
+            return {"t": kind}
         if kind == "done":
             status = msg.get("status")
             return {"t": "done", "status": status if status in ("ok", "error", "interrupted") else "error"}
@@ -511,8 +616,7 @@ class PythonKernel(Kernel):
 
     def submit(self, req):
         self.block += 1
-        msg = json.dumps({"code": req["code"], "block": self.block}).encode() + b"\n"
-        self.chan.sendall(msg)
+        return self._hand_over(self.chan, json.dumps({"code": req["code"], "block": self.block}).encode() + b"\n")
 
 
 def _is_int(value):
@@ -545,18 +649,18 @@ def bash_quote(code):
     return "$'" + "".join(out) + "'"
 
 
-class ShellKernel(Kernel):
+class ShellKernel(Interpreter):
     """An interactive bash fed one line per block on a socket (its stdin). Interactive
     mode is what makes an interrupt abort the whole block (even a loop of builtins) and
-    return to the prompt with the shell's state intact; before each prompt, oi_bashrc's
-    read-only hook reports `<status> <command number>` on the control socket.
+    return to the prompt with the shell's state intact. The line first calls oi_bashrc's
+    read-only `__oi_start`, which reports `start <command number>` once bash has read
+    and parsed the whole line (an interrupt before that would cut the line in two);
+    before each prompt, its read-only hook reports `<status> <command number>`.
 
     A block that disables the hook anyway (an extdebug DEBUG trap, a function named
     `builtin`, closed descriptors) must not hang the session: after the block's line has
     been read, the runner writes an empty probe line, and when the shell has read that
     too, the block is over whether or not it said so."""
-
-    lang = "shell"
 
     def start(self):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -579,9 +683,10 @@ class ShellKernel(Kernel):
 
     @staticmethod
     def _report(line):
+        """(status, number) of a report line, ("start", number) of a start line, or None."""
         try:
-            status, number = line.split()
-            return int(status), int(number)
+            first, number = line.split()
+            return (first.decode() if first == b"start" else int(first)), int(number)
         except ValueError:
             return None
 
@@ -591,13 +696,19 @@ class ShellKernel(Kernel):
             return None
         code, number = report
         if self.number is None:
+            if code == "start":
+                return None
             self.number = number
             return {"t": "ready"}
         if number <= self.number:
             return None  # a prompt redrawn without a block (a late interrupt, the probe)
+        if code == "start":
+            return {"t": "start"}
         self.number = number
         self.probe = None
-        if code >= 128 and self.interrupted:
+        if self.interrupted:
+            # Whatever the status: an interrupt that came just after `__oi_start` can
+            # abort the line before it changed `$?`.
             return {"t": "done", "status": "interrupted", "exit_code": code}
         return {"t": "done", "status": "ok" if code == 0 else "error", "exit_code": code}
 
@@ -605,33 +716,52 @@ class ShellKernel(Kernel):
         """Reports that came while no block ran belong to none: forget them."""
         for line in self.ctl.read():
             report = self._report(line) if isinstance(line, bytes) else None
-            if report is not None:
+            if report is not None and report[0] != "start":
                 self.number = max(self.number, report[1])
 
     def submit(self, req):
         self.discard_stale()
-        line = "eval %s </dev/null %d>&-\n" % (bash_quote(req["code"]), self.ctl_fd)
+        line = "\\__oi_start; eval %s </dev/null %d>&-\n" % (bash_quote(req["code"]), self.ctl_fd)
         self.probe = "line"
-        self.commands.sendall(line.encode("utf-8", "replace"))
+        return self._hand_over(self.commands, line.encode("utf-8", "replace"))
 
     def poll_interval(self):
         return {"line": 0.002, "probe": 0.05}.get(self.probe)
 
     def poll(self):
         if self.probe is None:
-            return False
+            return None
+        if self.interrupted:
+            self.stop_leftovers()
         try:
             if unread_bytes(self.commands):
-                return False
+                return None
             if self.probe == "line":
                 # The shell has the block's line: whatever it reads next, it reads after
                 # the block (and its report) ended.
                 self.commands.sendall(b"\n")
                 self.probe = "probe"
-                return False
+                return None
         except OSError:
-            return False
-        return True
+            return None
+        try:
+            # Its stdin closes first when bash exits (`exit`): then the exit ends the block.
+            self.proc.wait(timeout=0.1)
+            return None
+        except subprocess.TimeoutExpired:
+            pass
+        return (
+            "the block changed the shell so that it no longer reports the end of blocks (for example a "
+            "DEBUG trap with extdebug, a function named `builtin`, closed descriptors); a new shell starts "
+            "with the next block"
+        )
+
+    def end(self):
+        # bash may have started a command just as the interrupt came, after the session
+        # was swept: it then waits for that command, or leaves it running and reports
+        # the block over, before it reads the next block's line.
+        if self.interrupted:
+            self.stop_leftovers()
 
     def close(self):
         super().close()
@@ -642,43 +772,58 @@ class ShellKernel(Kernel):
 
 
 class FileKernel(Kernel):
-    """A configured language: the block is written to a file and a command runs it.
-    No state survives between blocks; the exit status is the block's."""
+    """A configured language: each block is written to a file and a command runs it.
+    No state survives between blocks, so it is always usable; the block is its process
+    (its exit status is the block's) and whatever that process leaves running is
+    stopped when it ends."""
 
-    stateful = False
-
-    def __init__(self, wake, lang):
-        super().__init__(wake)
-        self.lang = lang
+    def __init__(self, lang, wake):
+        super().__init__(lang, wake)
         self.path = None
+
+    def start(self):
         self.ready = True
 
+    def usable(self):
+        return True
+
     def submit(self, req):
-        fd, self.path = tempfile.mkstemp(prefix="oi-block-", suffix="." + (req.get("extension") or "txt"))
-        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
-            f.write(req["code"])
-        template = req["command"]
-        command = template.replace("{file}", shlex.quote(self.path))
-        if command == template:
-            command = template + " " + shlex.quote(self.path)
-        self._spawn(["sh", "-c", command], stdin=subprocess.DEVNULL)
+        try:
+            fd, self.path = tempfile.mkstemp(prefix="oi-block-", suffix="." + (req.get("extension") or "txt"))
+            with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
+                f.write(req["code"])
+            template = req["command"]
+            command = template.replace("{file}", shlex.quote(self.path))
+            if command == template:
+                command = template + " " + shlex.quote(self.path)
+            self._spawn(["sh", "-c", command], stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            return [{"t": "done", "status": "error", "message": "could not start the %s block: %s" % (self.lang, exc)}]
+        return [{"t": "start"}]
 
-    def alive(self):
-        return False  # one process per block: it ends when the block does
+    def exit_outcome(self):
+        code = self.proc.returncode
+        if self.interrupted or self.kill_requested:
+            return {"status": "interrupted", "exit_code": code}
+        if code < 0:
+            return {"status": "crashed", "message": describe_exit(self.lang, code).replace("interpreter", "process")}
+        return {"status": "ok" if code == 0 else "error", "exit_code": code}
 
-    def finished(self):
-        return self.proc is not None and self.proc.poll() is not None
-
-    def cleanup(self):
-        if self.proc is not None:
-            kill_session(self.proc.pid)
-            for f in (self.proc.stdout, self.proc.stderr):
+    def end(self):
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            kill_session(proc.pid)
+            for f in (proc.stdout, proc.stderr):
                 f.close()
         if self.path:
             try:
                 os.unlink(self.path)
             except OSError:
                 pass
+            self.path = None
+
+    def close(self):
+        self.end()
 
 
 # ---------------------------------------------------------------------------
@@ -704,8 +849,21 @@ def parse_request(line):
     return req
 
 
+def version_problem(req):
+    """Why a request's protocol version `v` is not this runner's, or None."""
+    v = req.get("v")
+    if _is_int(v) and v == PROTOCOL:
+        return None
+    if "v" not in req:
+        return "the request has no protocol version `v` (this runner speaks version %d)" % PROTOCOL
+    return "the request is for protocol version %s, this runner speaks version %d" % (json.dumps(v)[:40], PROTOCOL)
+
+
 def exec_problem(req):
     """Why an exec request cannot run, or None."""
+    version = version_problem(req)
+    if version is not None:
+        return version
     lang, code = req.get("lang"), req.get("code")
     if not isinstance(code, str):
         return "`code` must be a string"
@@ -726,6 +884,8 @@ def exec_problem(req):
 # ---------------------------------------------------------------------------
 # One block
 
+NOT_RUN = "the block was stopped before it started: none of it ran"
+
 
 def _positioned(msg):
     return msg.get("t") in ("image", "line")
@@ -742,55 +902,86 @@ class Block:
     Control messages not acted on yet wait in `pending`. An image or active-line
     message carries `out`, how many bytes of stdout the block had written before it: it
     is sent once that much stdout has been, so it keeps its place in the output even when
-    the runner reads both pipes late."""
+    the runner reads both pipes late.
 
-    def __init__(self, runner, rid, kernel, req):
+    The host may interrupt or kill the block at any time, from the stdin thread
+    (`request_stop`, under the runner's lock). A block stopped before its code was
+    handed over does not run. After that, a kill acts at once; an interrupt waits for
+    the kernel's "start": a SIGINT that reached the interpreter before it ran the code
+    would be lost (Python ignores one between blocks) or cut the shell's line in two."""
+
+    def __init__(self, runner, req):
         self.runner = runner
-        self.rid = rid
-        self.kernel = kernel
+        self.out = runner.out
         self.req = req
+        self.rid = req["id"]
+        self.kernel = None
         self.pids_at_start = pids_limit_hits()
         self.sel = selectors.DefaultSelector()
         self.decoders = {}
         self.fds = {}  # output fd -> "stdout" / "stderr"
         self.pending = collections.deque()
         self.sent_out = 0
-        self.submitted = False
         self.ctl_closed = False
+        # Shared with the stdin thread (changed under the runner's lock).
+        self.stop = None  # "interrupt" or "kill", once the host asked for it
+        self.submitted = False
+        self.started = False
         self.ended = False
 
     # -- running
     def run(self):
-        kernel = self.kernel
-        if kernel.ready:
-            self.submit()
-        if not self.ended:
-            for name, fd in zip(("stdout", "stderr"), kernel.out_fds()):
-                self.fds[fd] = name
-                self.decoders[name] = _new_decoder()
-                self.sel.register(fd, selectors.EVENT_READ, name)
-            if kernel.ctl is not None and not kernel.ctl.eof:
-                self.sel.register(kernel.ctl.fileno(), selectors.EVENT_READ, "ctl")
-            self.sel.register(self.runner.wake_r, selectors.EVENT_READ, "wake")
         try:
-            while not self.ended:
-                self.step()
+            if self.prepare():
+                if self.kernel.ready:
+                    self.submit()
+                if not self.ended:
+                    self.watch()
+                while not self.ended:
+                    self.step()
         finally:
             self.sel.close()
 
+    def prepare(self):
+        """Checks the request and finds its kernel; False when the block ends here."""
+        problem = exec_problem(self.req)
+        if problem is not None:
+            self.finish({"status": "error", "message": "oi runner refused the block: %s" % problem})
+            return False
+        if self.stop is not None:
+            self.finish({"status": "interrupted", "message": NOT_RUN})
+            return False
+        self.kernel, notice = self.runner.kernel(self.req["lang"])
+        if notice:
+            self.out.send({"type": "notice", "id": self.rid, "message": notice})
+        self.kernel.begin()
+        return True
+
+    def watch(self):
+        for name, fd in zip(("stdout", "stderr"), self.kernel.out_fds()):
+            self.fds[fd] = name
+            self.decoders[name] = _new_decoder()
+            self.sel.register(fd, selectors.EVENT_READ, name)
+        ctl = self.kernel.ctl
+        if ctl is not None and not ctl.eof:
+            self.sel.register(ctl.fileno(), selectors.EVENT_READ, "ctl")
+        self.sel.register(self.runner.wake_r, selectors.EVENT_READ, "wake")
+
     def submit(self):
-        self.submitted = True
-        try:
-            self.kernel.submit(self.req)
-        except OSError as exc:
-            if isinstance(self.kernel, FileKernel):
-                self.finish({"status": "error", "message": "could not start the %s block: %s" % (self.kernel.lang, exc)})
-                return
-            # A kernel that cannot take its block is useless: its exit ends the block.
-            log("handing a block to the %s interpreter failed: %r" % (self.kernel.lang, exc))
-            self.kernel.terminate()
+        with self.runner.lock:
+            self.submitted = self.stop is None
+        if not self.submitted:
+            self.finish({"status": "interrupted", "message": NOT_RUN})
+            return
+        self.pending.extend(self.kernel.submit(self.req))
 
     def step(self):
+        # Messages taken off the control socket while reading stdout (to place them in
+        # the output), or given by `submit`: select will not report them.
+        if self.pending:
+            self.handle_ctl()
+            if self.ended:
+                return
         timeout = self.kernel.poll_interval() if self.submitted else None
         for key, _ in self.sel.select(timeout):
             what = key.data
@@ -807,23 +998,18 @@ class Block:
                 self.handle_ctl()
             if self.ended:
                 return
-        # Reading stdout may have taken control messages off their socket (to place them
-        # in the output): act on them, as select will not report them again.
-        if self.pending:
-            self.handle_ctl()
-        if not self.ended:
+        if not self.submitted and self.stop is not None:
+            self.finish({"status": "interrupted", "message": NOT_RUN})
+        else:
             self.check_kernel()
 
     def check_kernel(self):
         kernel = self.kernel
-        if isinstance(kernel, FileKernel):
-            if kernel.finished():
-                self.file_exited()
-        elif kernel.proc.poll() is not None:
-            if kernel.ctl is not None:
-                self.handle_ctl()
+        if kernel.exited():
+            self.handle_ctl()  # its "done" may be waiting on the socket
             if not self.ended:
-                self.kernel_exited()
+                self.drain()
+                self.finish(kernel.exit_outcome())
         elif self.ctl_closed:
             # `exit` closes the socket too: give the process a moment to be seen gone.
             try:
@@ -833,27 +1019,48 @@ class Block:
                     "the %s interpreter was replaced or closed oi's control channel (`exec`, closed "
                     "descriptors); a new one starts with the next block" % kernel.lang
                 )
-        elif self.submitted and kernel.poll():
-            self.handle_ctl()
-            if not self.ended:
-                self.stop_kernel(
-                    "the block changed the shell so that it no longer reports the end of blocks (for example a "
-                    "DEBUG trap with extdebug, a function named `builtin`, closed descriptors); a new shell starts "
-                    "with the next block"
-                )
+        elif self.submitted:
+            unreported = kernel.poll()
+            if unreported:
+                self.handle_ctl()
+                if not self.ended:
+                    self.stop_kernel(unreported)
+
+    # -- stopping
+    def request_stop(self, op):
+        """The host asked to interrupt or kill this block (stdin thread, runner lock held)."""
+        if self.ended:
+            return
+        if self.stop != "kill":
+            self.stop = op
+        if self.started or (op == "kill" and self.submitted):
+            self.deliver(op)
+        self.runner.wake()
+
+    def deliver(self, op):
+        if op == "kill":
+            self.kernel.kill()
+        else:
+            self.kernel.interrupt()
+
+    def on_start(self):
+        with self.runner.lock:
+            self.started = True
+            if self.stop is not None:
+                self.deliver(self.stop)
 
     # -- output
     def send_output(self, name, text):
         if text and self.submitted:
-            send({"type": name, "id": self.rid, "data": text})
+            self.out.send({"type": name, "id": self.rid, "data": text})
 
     def emit(self, msg):
         if not self.submitted:
             return
         if msg["t"] == "image":
-            send({"type": "image", "id": self.rid, "format": msg["format"], "data": msg["data"]})
+            self.out.send({"type": "image", "id": self.rid, "format": msg["format"], "data": msg["data"]})
         else:
-            send({"type": "active_line", "id": self.rid, "line": msg["line"]})
+            self.out.send({"type": "active_line", "id": self.rid, "line": msg["line"]})
 
     def emit_reached(self):
         pending = self.pending
@@ -926,62 +1133,72 @@ class Block:
         while self.pending and not self.ended:
             msg = self.pending[0]
             if _positioned(msg):
-                # The stdout before it is in the pipe already: read it first.
-                for fd, name in list(self.fds.items()):
-                    if name == "stdout":
-                        self.forward(fd)
-                if self.pending and self.pending[0] is msg:
-                    # The counts disagree (code wrote to fd 1 directly): send it now.
-                    self.emit(self.pending.popleft())
+                self.place(msg)
                 continue
             self.pending.popleft()
-            kind = msg["t"]
-            if kind == "eof":
-                if not self.ctl_closed:
-                    self.ctl_closed = True
-                    self.sel.unregister(self.kernel.ctl.fileno())
-            elif kind == "notice":
-                if self.submitted:
-                    send({"type": "notice", "id": self.rid, "message": msg["message"]})
-            elif kind == "ready":
-                # Anything printed while the interpreter started (bash's job-control
-                # warnings) is not the block's output.
-                self.drain()
-                for name in self.decoders:
-                    self.decoders[name] = _new_decoder()
-                self.kernel.ready = True
-                if not self.submitted:
-                    self.submit()
-            elif kind == "done" and self.submitted:
-                self.drain()
-                while self.pending:
-                    late = self.pending.popleft()
-                    if _positioned(late):
-                        self.emit(late)
-                self.finish({"status": msg["status"], "exit_code": msg.get("exit_code")})
+            self.act(msg)
+
+    def place(self, msg):
+        """Sends an image or active line once the stdout before it is sent."""
+        # That stdout is in the pipe already: read it first.
+        for fd, name in list(self.fds.items()):
+            if name == "stdout":
+                self.forward(fd)
+        if self.pending and self.pending[0] is msg:
+            # The counts disagree (code wrote to fd 1 directly): send it now.
+            self.emit(self.pending.popleft())
+
+    def act(self, msg):
+        kind = msg["t"]
+        if kind == "eof":
+            if not self.ctl_closed:
+                self.ctl_closed = True
+                self.sel.unregister(self.kernel.ctl.fileno())
+        elif kind == "notice":
+            if self.submitted:
+                self.out.send({"type": "notice", "id": self.rid, "message": msg["message"]})
+        elif kind == "ready":
+            # Anything printed while the interpreter started (bash's job-control
+            # warnings) is not the block's output.
+            self.drain()
+            for name in self.decoders:
+                self.decoders[name] = _new_decoder()
+            self.kernel.ready = True
+            if not self.submitted:
+                self.submit()
+        elif kind == "start" and self.submitted:
+            self.on_start()
+        elif kind == "done" and self.submitted:
+            self.drain()
+            while self.pending:
+                late = self.pending.popleft()
+                if _positioned(late):
+                    self.emit(late)
+            self.finish(msg)
 
     # -- the end
-    def finish(self, frame):
+    def finish(self, fields):
+        """Sends the block's `done` with `fields` (status, exit_code, message)."""
         # A block that ran into the process limit (a fork bomb) must not leave the
         # session unable to start anything: stop what it left running.
-        kernel = self.kernel
-        if pids_limit_hits() > self.pids_at_start and kernel.stateful and kernel.alive():
-            pid = kernel.proc.pid
-            strays = [p for p in session_members(pid) if p != pid]
+        if self.kernel is not None and pids_limit_hits() > self.pids_at_start:
+            strays = self.kernel.stop_leftovers()
             if strays:
-                kill_session(pid, spare=(pid,))
-                send(
+                self.out.send(
                     {
                         "type": "notice",
                         "id": self.rid,
                         "message": "the block reached the sandbox's process limit; its %d leftover "
-                        "processes were stopped so that the session stays usable" % len(strays),
+                        "processes were stopped so that the session stays usable" % strays,
                     }
                 )
-        frame = {k: v for k, v in frame.items() if v is not None}
+        frame = {k: fields.get(k) for k in ("status", "exit_code", "message") if fields.get(k) is not None}
         frame.update({"type": "done", "id": self.rid})
-        send(frame)
-        self.ended = True
+        # Ended before the host can know it: an interrupt or kill that comes after
+        # this `done` is late and must not reach the interpreter.
+        with self.runner.lock:
+            self.ended = True
+        self.out.send(frame)
 
     def stop_kernel(self, message):
         """Ends the block as crashed and the kernel with it (the next block starts a new
@@ -991,155 +1208,187 @@ class Block:
         self.drain()
         self.finish({"status": "crashed", "message": message})
 
-    def file_exited(self):
-        kernel = self.kernel
-        self.drain()
-        code = kernel.proc.returncode
-        if kernel.interrupted or kernel.kill_requested:
-            self.finish({"status": "interrupted", "exit_code": code})
-        elif code < 0:
-            self.finish({"status": "crashed", "message": describe_exit(kernel.lang, code).replace("interpreter", "process")})
-        else:
-            self.finish({"status": "ok" if code == 0 else "error", "exit_code": code})
-
-    def kernel_exited(self):
-        kernel = self.kernel
-        self.drain()
-        code = kernel.proc.returncode
-        if kernel.kill_requested:
-            message = "the %s interpreter did not stop on interrupt and was restarted: its state was lost"
-            self.finish({"status": "interrupted", "message": message % kernel.lang})
-        else:
-            message = "%s; the next block starts a new one (state was lost)" % describe_exit(kernel.lang, code)
-            self.finish({"status": "crashed", "exit_code": code if code >= 0 else None, "message": message})
+    def fail(self, exc):
+        """The runner's own code failed while running the block: the host still gets
+        its `done`, and the kernel, whose state the runner lost track of, is stopped."""
+        if self.ended:
+            return
+        message = "oi runner error: %r" % (exc,)
+        if self.kernel is not None:
+            self.kernel.terminate()
+            self.kernel.stopped_why = "the %s interpreter was stopped after an error of oi's runner" % self.kernel.lang
+            message += "; the %s interpreter was stopped, the next block starts a new one" % self.kernel.lang
+        self.finish({"status": "crashed", "message": message})
 
 
 # ---------------------------------------------------------------------------
 # The runner
 
+KERNELS = {"python": PythonKernel, "shell": ShellKernel}
+
+
+def _request_id(req):
+    rid = req.get("id")
+    return rid if _is_int(rid) and 0 <= rid <= MAX_ID else None
+
 
 class Runner:
-    def __init__(self):
-        self.requests = queue.Queue()
+    """Serves the host's requests. A stdin thread reads them and acts at once on those
+    that cannot wait (`ping`, `interrupt`, `kill`, `shutdown`), so that they work while
+    the main thread is busy or blocked writing a flood of output; the main thread runs
+    the `exec`s one at a time, in order.
+
+    An `interrupt` or `kill` can arrive before its block started (the host sends it as
+    soon as it likes: Ctrl-C at once, a tiny timeout): it is kept in `early` while that
+    block waits in the queue and handed to the block when it starts. One for a block
+    that is over, or was never asked for, is dropped."""
+
+    def __init__(self, requests, frames, exit=os._exit):
+        self.requests = requests  # the host's requests, a binary stream
+        self.out = FrameWriter(frames, lambda: self.abandon("its stdout was closed", 1))
+        self.exit = exit
+        self.queue = queue.Queue()  # execs, in order; None to stop
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
-        self.kernels = {}
-        self.current = None  # (request id, kernel) of the running block
-        self.lock = threading.Lock()
+        os.set_blocking(self.wake_w, False)
+        self.kernels = {}  # lang -> Kernel
+        self.lock = threading.Lock()  # guards what follows (stdin and main thread)
+        self.block = None  # the running Block
+        self.queued = set()  # ids of execs read but not started yet
+        self.early = {}  # id of a queued exec -> "interrupt" or "kill"
+
+    def wake(self):
+        """Wakes the main thread from its wait on the running block's pipes."""
+        try:
+            os.write(self.wake_w, b"x")
+        except BlockingIOError:
+            pass  # a wake-up is pending already
 
     # -- stdin thread
     def read_requests(self):
-        stdin = sys.stdin.buffer
         while True:
-            line = stdin.readline(MAX_REQUEST_LINE + 1)
+            line = self.requests.readline(MAX_REQUEST_LINE + 1)
             if not line:
-                abandon("end of stdin (the host went away)")
+                self.abandon("end of stdin (the host went away)")
+                return
             if not line.endswith(b"\n") and len(line) > MAX_REQUEST_LINE:
                 while line and not line.endswith(b"\n"):
-                    line = stdin.readline(READ_CHUNK)
-                send({"type": "error", "id": None, "message": "a request over %d MiB was ignored" % (MAX_REQUEST_LINE // 2**20)})
+                    line = self.requests.readline(READ_CHUNK)
+                self.refuse(None, "a request over %d MiB was ignored" % (MAX_REQUEST_LINE // 2**20))
                 continue
             try:
                 self.take_request(parse_request(line))
             except BadRequest as exc:
-                send({"type": "error", "id": None, "message": str(exc)})
+                self.refuse(None, str(exc))
             except Exception as exc:  # the stdin thread must outlive any one request
                 log("internal error on a request: %r" % (exc,))
-                send({"type": "error", "id": None, "message": "oi runner error: %r" % (exc,)})
+                self.refuse(None, "oi runner error: %r" % (exc,))
+
+    def refuse(self, rid, message):
+        self.out.send_now({"type": "error", "id": rid, "message": message})
 
     def take_request(self, req):
         op = req["op"]
-        if op in ("interrupt", "kill"):
+        if op == "exec":
+            # Checked when it runs, so that its refusal is its `done`, in order.
             with self.lock:
-                current = self.current
-            if current is not None and current[0] == req["id"]:
-                kernel = current[1]
-                if op == "interrupt":
-                    kernel.interrupt()
-                else:
-                    kernel.kill()
-                os.write(self.wake_w, b"x")
+                self.queued.add(req["id"])
+            self.queue.put(req)
+            return
+        problem = version_problem(req)
+        if problem is not None:
+            self.refuse(_request_id(req), "oi runner refused the %s request: %s" % (op[:64], problem))
+        elif op in ("interrupt", "kill"):
+            self.stop_block(req["id"], op)
         elif op == "ping":
-            send({"type": "pong", "id": req["id"]})
+            self.out.send_now({"type": "pong", "id": req["id"]})
         elif op == "shutdown":
-            abandon("asked to shut down")
+            self.abandon("asked to shut down")
         else:
-            self.requests.put(req)
+            self.refuse(_request_id(req), "unknown op %r" % op[:64])
+
+    def stop_block(self, rid, op):
+        with self.lock:
+            block = self.block
+            if block is not None and block.rid == rid:
+                block.request_stop(op)
+            elif rid in self.queued and self.early.get(rid) != "kill":
+                self.early[rid] = op
 
     def stop_all(self):
         """Kills every kernel and what it started (any thread; for abandon)."""
-        with self.lock:
-            current = self.current
-        kernels = list(self.kernels.values()) + ([current[1]] if current else [])
-        for kernel in kernels:
+        for kernel in list(self.kernels.values()):
             kernel.terminate()
+
+    def abandon(self, why, code=0):
+        """Stops every kernel and everything they started, and ends the runner now, from
+        any thread, whatever the main thread is doing."""
+        log("exiting: %s" % why)
+        self.stop_all()
+        self.queue.put(None)
+        self.exit(code)
 
     # -- main thread
     def serve(self):
         _oom_at_start[0] = oom_kills()
-        send(
+        self.out.send(
             {
                 "v": PROTOCOL,
                 "type": "hello",
                 "runner": "oi-runner",
                 "pid": os.getpid(),
                 "python": sys.version.split()[0],
-                "languages": ["python", "shell"],
+                "languages": sorted(KERNELS),
             }
         )
         threading.Thread(target=self.read_requests, daemon=True).start()
         # The first block is nearly always Python: start its interpreter now, while the
         # host is still getting ready, instead of on the first request.
-        self.kernel("python")
+        try:
+            self.kernel("python")
+        except Exception as exc:  # the first Python block will say why
+            log("could not start the python interpreter ahead of the first block: %r" % (exc,))
         while True:
-            req = self.requests.get()
-            if req["op"] != "exec":
-                send({"type": "error", "id": req.get("id") if _is_int(req.get("id")) else None, "message": "unknown op %r" % req["op"][:64]})
-                continue
+            req = self.queue.get()
+            if req is None:
+                return
             try:
                 self.execute(req)
             except Exception as exc:  # the runner must outlive any one block
-                log("internal error: %r" % (exc,))
-                send({"type": "done", "id": req["id"], "status": "crashed", "message": "oi runner error: %r" % (exc,)})
+                log("internal error after a block: %r" % (exc,))
 
     def kernel(self, lang):
+        """The kernel for `lang`, and a notice if it replaces one that lost its state."""
         kernel = self.kernels.get(lang)
-        if kernel is not None and kernel.alive() and kernel.stopped_why is None:
+        if kernel is not None and kernel.usable():
             return kernel, None
         notice = None
         if kernel is not None:
-            why = kernel.stopped_why or describe_exit(lang, kernel.proc.returncode if kernel.proc else None)
-            notice = "%s; started a new one: its state (variables, imports, working directory) was lost" % why
+            notice = "%s; started a new one: its state (variables, imports, working directory) was lost" % kernel.why_replaced()
             kernel.close()
-        kernel = PythonKernel(self.wake_w) if lang == "python" else ShellKernel(self.wake_w)
-        self.kernels[lang] = kernel
+        kernel = KERNELS.get(lang, FileKernel)(lang, self.wake_w)
         kernel.start()
+        self.kernels[lang] = kernel
         return kernel, notice
 
     def execute(self, req):
-        rid = req["id"]
-        problem = exec_problem(req)
-        if problem is not None:
-            send({"type": "done", "id": rid, "status": "error", "message": "oi runner refused the block: %s" % problem})
-            return
-        lang = req["lang"]
-        if lang in ("python", "shell"):
-            kernel, notice = self.kernel(lang)
-            if notice:
-                send({"type": "notice", "id": rid, "message": notice})
-        else:
-            kernel = FileKernel(self.wake_w, lang)
-        kernel.interrupted = False
-        kernel.kill_requested = False
+        block = Block(self, req)
         with self.lock:
-            self.current = (rid, kernel)
+            self.queued.discard(block.rid)
+            self.block = block
+            early = self.early.pop(block.rid, None)
+            if early is not None:
+                block.request_stop(early)
         try:
-            Block(self, rid, kernel, req).run()
+            block.run()
+        except Exception as exc:  # the runner must outlive any one block
+            log("internal error: %r" % (exc,))
+            block.fail(exc)
         finally:
             with self.lock:
-                self.current = None
-            if isinstance(kernel, FileKernel):
-                kernel.cleanup()
+                self.block = None
+            if block.kernel is not None:
+                block.kernel.end()
 
 
 def prepare_environment():
@@ -1157,7 +1406,6 @@ def prepare_environment():
 
 
 def main(argv):
-    global _runner
     # `--host`: the unsandboxed backend, on the user's own machine: no filter there.
     _on_host[0] = "--host" in argv[1:]
     if not _on_host[0]:
@@ -1173,11 +1421,10 @@ def main(argv):
         log("could not make the runner non-dumpable: %s" % exc)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Writes to a closed pipe fail with EPIPE instead of killing the runner: a broken
-    # stdout ends it through abandon(), a dead kernel's socket is that kernel's problem.
+    # stdout ends it through Runner.abandon(), a dead kernel's socket is that kernel's problem.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     prepare_environment()
-    _runner = Runner()
-    _runner.serve()
+    Runner(sys.stdin.buffer, sys.stdout.buffer).serve()
 
 
 if __name__ == "__main__":

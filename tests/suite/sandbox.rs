@@ -50,6 +50,9 @@ on_both_backends!(
     unknown_language_is_a_clear_error,
     active_lines_come_before_their_output,
     regression_exit_right_after_an_active_line_does_not_break_the_runner,
+    regression_an_interrupt_sent_as_the_block_starts_stops_it_and_keeps_state,
+    a_timeout_shorter_than_the_start_of_a_block_keeps_state,
+    ping_is_answered_at_once_while_a_block_floods_its_output,
 );
 
 async fn python_state_persists_across_blocks(backend: Backend) {
@@ -548,5 +551,127 @@ async fn regression_exit_right_after_an_active_line_does_not_break_the_runner(ba
         assert_eq!(out.stdout, "a\n");
         assert!(!out.stderr.contains("runner"), "{out:?}");
     }
+    s.close().await.unwrap();
+}
+
+/// Ctrl-C right after a block was sent: the runner once got the interrupt before the
+/// block had become current and dropped it, so a Python block ran on until the kill
+/// after the grace period (here longer than the test allows) and the kill cost the
+/// state; and a SIGINT that reached bash while it read the block's line cut it, so the
+/// shell was taken for one that no longer reports and restarted.
+async fn regression_an_interrupt_sent_as_the_block_starts_stops_it_and_keeps_state(
+    backend: Backend,
+) {
+    let Some((_engine, mut s)) =
+        session_with(backend, |c| c.interrupt_grace = Duration::from_secs(30)).await
+    else {
+        return;
+    };
+    assert_ok(&run(&mut s, "python", "kept = 'python state'").await);
+    assert_ok(&run(&mut s, "shell", "kept='shell state'").await);
+    for (language, code) in [
+        ("python", "import time\ntime.sleep(60)"),
+        ("shell", "sleep 60"),
+    ] {
+        for _ in 0..3 {
+            let cancel = CancellationToken::new();
+            let started = Instant::now();
+            let execution = s
+                .execute(ExecRequest::new(language, code), &cancel)
+                .await
+                .unwrap();
+            cancel.cancel();
+            let out = collect_checked(execution).await;
+            let took = started.elapsed();
+            assert_eq!(out.status(), ExecStatus::Interrupted, "{language}: {out:?}");
+            assert!(took < Duration::from_secs(10), "{language}: took {took:?}");
+        }
+    }
+    assert_eq!(
+        run(&mut s, "python", "print(kept)").await.stdout,
+        "python state\n"
+    );
+    assert_eq!(
+        run(&mut s, "shell", "echo \"$kept\"").await.stdout,
+        "shell state\n"
+    );
+    s.close().await.unwrap();
+}
+
+/// A timeout that passes before the interpreter has even taken the block: the block
+/// times out at once (it does not wait for the kill) and the interpreter keeps its state.
+async fn a_timeout_shorter_than_the_start_of_a_block_keeps_state(backend: Backend) {
+    let Some((_engine, mut s)) =
+        session_with(backend, |c| c.interrupt_grace = Duration::from_secs(30)).await
+    else {
+        return;
+    };
+    assert_ok(&run(&mut s, "python", "kept = 1").await);
+    let started = Instant::now();
+    let out = run_req(
+        &mut s,
+        ExecRequest::new("python", "import time\ntime.sleep(60)")
+            .with_timeout(Duration::from_millis(1)),
+    )
+    .await;
+    assert_eq!(out.status(), ExecStatus::TimedOut, "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(run(&mut s, "python", "print(kept)").await.stdout, "1\n");
+    s.close().await.unwrap();
+}
+
+/// `ping` is answered at once (docs/protocol.md), even while a block floods the output
+/// and the host reads it as fast as it can.
+async fn ping_is_answered_at_once_while_a_block_floods_its_output(backend: Backend) {
+    let Some((_engine, mut s)) = session(backend).await else {
+        return;
+    };
+    let cancel = CancellationToken::new();
+    let mut execution = s
+        .execute(
+            ExecRequest::new(
+                "python",
+                "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)",
+            ),
+            &cancel,
+        )
+        .await
+        .unwrap();
+    let flooding = loop {
+        match tokio::time::timeout(Duration::from_secs(30), execution.next_event()).await {
+            Ok(Some(ExecEvent::Stdout { .. })) => break true,
+            Ok(Some(_)) => {}
+            other => panic!("the flood did not start: {other:?}"),
+        }
+    };
+    assert!(flooding);
+    let reader = tokio::spawn(async move {
+        let mut bytes = 0usize;
+        while let Some(event) = execution.next_event().await {
+            match event {
+                ExecEvent::Stdout { text } => bytes += text.len(),
+                ExecEvent::Done(outcome) => return (bytes, outcome),
+                _ => {}
+            }
+        }
+        panic!("no Done");
+    });
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let asked = Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), s.ping())
+            .await
+            .expect("a pong within 10 s")
+            .unwrap();
+        slowest = slowest.max(asked.elapsed());
+    }
+    cancel.cancel();
+    let (bytes, outcome) = reader.await.unwrap();
+    assert_eq!(outcome.status, ExecStatus::Interrupted);
+    assert!(bytes >= 65536, "the block went on flooding: {bytes} bytes");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a pong took {slowest:?} under the flood"
+    );
     s.close().await.unwrap();
 }
