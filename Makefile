@@ -39,7 +39,7 @@ run: setup release
 test: setup test-runner
 	$(CARGO) test -j$(JOBS) --no-run
 	./target/debug/oi exec -c 'print("sandbox ready")'
-	$(CARGO) test -j$(JOBS)
+	OI_REQUIRE_DOCKER=1 $(CARGO) test -j$(JOBS)
 
 # Standard-library unittest over the runner started with --host; -B and
 # PYTHONDONTWRITEBYTECODE keep bytecode out of images/runner (the kernels import from it).
