@@ -39,6 +39,17 @@ pub type RequestId = String;
 /// The longest request id accepted.
 pub const MAX_ID_LEN: usize = 128;
 
+/// Refuses a request id longer than [`MAX_ID_LEN`] (ids come back on every event).
+pub fn check_id(id: &str) -> Result<(), Error> {
+    if id.len() > MAX_ID_LEN {
+        return Err(Error::new(
+            ErrorKind::InvalidRequest,
+            format!("a request id is at most {MAX_ID_LEN} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 /// The most bytes an archive may hold inline (base64, decoded size): 8 MiB. Larger
 /// copies go through an in-process file ([`Archive::File`]); the server streams them.
 pub const MAX_INLINE_ARCHIVE: u64 = 8 << 20;

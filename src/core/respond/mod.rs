@@ -35,8 +35,8 @@ use super::llm::tokens::TokenCounter;
 use super::llm::{LlmError, Provider, Usage};
 use super::messages::{Message, Role};
 use super::protocol::{
-    Answer, Archive, ConversationInfo, Delivery, Error, ErrorKind, Event, EventMsg, Request,
-    RequestId, SessionInfo, Submission, EVENT_QUEUE, MAX_ID_LEN, REQUEST_QUEUE,
+    check_id, Answer, Archive, ConversationInfo, Delivery, Error, ErrorKind, Event, EventMsg,
+    Request, RequestId, SessionInfo, Submission, EVENT_QUEUE, REQUEST_QUEUE,
 };
 use prompt::History;
 
@@ -206,12 +206,7 @@ impl Conversation {
     /// ended; whatever else goes wrong is told as an event carrying the id.
     pub async fn submit(&self, submission: Submission) -> Result<(), Error> {
         let Submission { id, request } = submission;
-        if id.len() > MAX_ID_LEN {
-            return Err(Error::new(
-                ErrorKind::InvalidRequest,
-                format!("a request id is at most {MAX_ID_LEN} bytes"),
-            ));
-        }
+        check_id(&id)?;
         let work = match request {
             Request::Interrupt => {
                 self.interrupt();

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::code_interpreter::{ExecRequest, Session};
 use crate::core::protocol::{
-    Archive, Delivery, Error, ErrorKind, RequestId, SandboxEvent, SandboxEventMsg, SandboxRequest,
-    SandboxSubmission, EVENT_QUEUE, MAX_ID_LEN, REQUEST_QUEUE,
+    check_id, Archive, Delivery, Error, ErrorKind, RequestId, SandboxEvent, SandboxEventMsg,
+    SandboxRequest, SandboxSubmission, EVENT_QUEUE, REQUEST_QUEUE,
 };
 
 /// What a queued request asks of the worker (interrupts are not queued).
@@ -119,12 +119,7 @@ impl SandboxChannel {
     /// `done` says so); the others queue.
     pub async fn submit(&self, submission: SandboxSubmission) -> Result<(), Error> {
         let SandboxSubmission { id, request } = submission;
-        if id.len() > MAX_ID_LEN {
-            return Err(Error::new(
-                ErrorKind::InvalidRequest,
-                format!("a request id is at most {MAX_ID_LEN} bytes"),
-            ));
-        }
+        check_id(&id)?;
         let cancel = CancellationToken::new();
         let work = match request {
             SandboxRequest::Interrupt => {
