@@ -81,7 +81,7 @@ impl Provider for OpenAi {
 pub fn wire_request(request: &ChatRequest, is_openai: bool) -> Value {
     let mut messages = vec![json!({"role": "system", "content": request.system})];
     for message in &request.messages {
-        wire_messages(message, &mut messages);
+        wire_messages(message, is_openai, &mut messages);
     }
     let mut body = json!({
         "model": request.model,
@@ -120,7 +120,7 @@ pub fn wire_request(request: &ChatRequest, is_openai: bool) -> Value {
 /// One neutral message becomes one or more wire messages: tool results are messages of
 /// their own, and images from tools follow as a user message (tool messages carry text
 /// only).
-fn wire_messages(message: &ChatMessage, out: &mut Vec<Value>) {
+fn wire_messages(message: &ChatMessage, is_openai: bool, out: &mut Vec<Value>) {
     match message.role {
         ChatRole::Assistant => {
             let text: String = message
@@ -144,7 +144,14 @@ fn wire_messages(message: &ChatMessage, out: &mut Vec<Value>) {
                     _ => None,
                 })
                 .collect();
-            let mut m = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { json!(text) }});
+            // A call without text: OpenAI's own form is `null`; servers that copy the API
+            // are stricter than OpenAI here (llama-cpp-python's refuses `null` with a 500
+            // on the request after every tool call) and all take an empty string.
+            let content = match (text.is_empty(), is_openai) {
+                (true, true) => Value::Null,
+                _ => json!(text),
+            };
+            let mut m = json!({"role": "assistant", "content": content});
             if !calls.is_empty() {
                 m["tool_calls"] = json!(calls);
             }
@@ -338,7 +345,15 @@ mod tests {
             body["messages"][1],
             json!({"role": "user", "content": "plot"})
         );
-        assert_eq!(body["messages"][2]["content"], Value::Null);
+        assert_eq!(
+            body["messages"][2]["content"], "",
+            "a compatible server's form"
+        );
+        assert_eq!(
+            wire_request(&request, true)["messages"][2]["content"],
+            Value::Null,
+            "OpenAI's own"
+        );
         assert_eq!(body["messages"][2]["tool_calls"][0]["id"], "call_1");
         assert_eq!(
             body["messages"][3],
